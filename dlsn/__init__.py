@@ -1,0 +1,8 @@
+"""dlsn: DLSN and Global Learnable Attention for single-image super-resolution."""
+from .gla import GLA
+from .model import DLSN, GLAFFM, LFFB, MeanShift, unwrap_state_dict
+from .reference import sblsh_rotations
+
+__version__ = "0.1.0"
+
+__all__ = ["GLA", "DLSN", "GLAFFM", "LFFB", "MeanShift", "sblsh_rotations", "unwrap_state_dict", "__version__"]

@@ -1,0 +1,144 @@
+"""The DLSN super-resolution network (contract section 6), state-dict compatible with the
+published checkpoints."""
+import math
+
+import torch
+from torch import nn
+
+from .gla import GLA
+
+DIV2K_RGB_MEAN = (0.4488, 0.4371, 0.4040)
+SUPPORTED_SCALES = (2, 3, 4)
+CHECKPOINT_WRAPPER_KEYS = ("params_ema", "params", "state_dict", "model")
+
+
+def default_conv(in_channels, out_channels, kernel_size):
+    return nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2)
+
+
+class MeanShift(nn.Conv2d):
+    """Fixed 1x1 convolution adding (`sign=1`) or removing (`sign=-1`) the dataset mean.
+
+    Its weight and bias are parameters with `requires_grad=False`, as in the published code, so
+    they appear in the state dict under `sub_mean.*` / `add_mean.*`.
+    """
+
+    def __init__(self, rgb_range, rgb_mean=DIV2K_RGB_MEAN, sign=-1):
+        channels = len(rgb_mean)
+        super().__init__(channels, channels, kernel_size=1)
+        with torch.no_grad():
+            self.weight.copy_(torch.eye(channels).view(channels, channels, 1, 1))
+            self.bias.copy_(sign * rgb_range * torch.tensor(rgb_mean))
+        for param in self.parameters():
+            param.requires_grad = False
+
+
+class LFFB(nn.Module):
+    """Conv3x3 - ReLU - Conv3x3 plus identity; keys `body.0.*`, `body.2.*`."""
+
+    def __init__(self, n_feats):
+        super().__init__()
+        self.body = nn.Sequential(
+            default_conv(n_feats, n_feats, 3), nn.ReLU(inplace=True), default_conv(n_feats, n_feats, 3)
+        )
+
+    def forward(self, x):
+        return self.body(x) + x
+
+
+class GLAFFM(nn.Module):
+    """`n_resblocks` x LFFB -> GLA -> Conv3x3, output `body(x) * res_scale + x`."""
+
+    def __init__(self, n_feats, n_resblocks=4, reduction=4, chunk_size=128, n_hashes=3, res_scale=0.1,
+                 backend="auto", eval_seed=0):
+        super().__init__()
+        blocks = [LFFB(n_feats) for _ in range(n_resblocks)]
+        blocks.append(GLA(n_feats, reduction=reduction, chunk_size=chunk_size, n_hashes=n_hashes,
+                          res_scale=1.0, backend=backend, eval_seed=eval_seed))
+        blocks.append(default_conv(n_feats, n_feats, 3))
+        self.body = nn.Sequential(*blocks)
+        self.res_scale = res_scale
+
+    def forward(self, x):
+        return self.body(x) * self.res_scale + x
+
+
+class Upsampler(nn.Sequential):
+    """EDSR upsampler: x2^k as k times Conv(n, 4n) + PixelShuffle(2); x3 as Conv(n, 9n) + PixelShuffle(3)."""
+
+    def __init__(self, scale, n_feats):
+        layers = []
+        if scale == 3:
+            layers += [default_conv(n_feats, 9 * n_feats, 3), nn.PixelShuffle(3)]
+        else:
+            for _ in range(int(math.log2(scale))):
+                layers += [default_conv(n_feats, 4 * n_feats, 3), nn.PixelShuffle(2)]
+        super().__init__(*layers)
+
+
+def unwrap_state_dict(state_dict):
+    """A published checkpoint as a plain state dict: unwrap `params_ema`/`params`/`state_dict`/`model`
+    containers and strip a DataParallel `module.` prefix."""
+    if not isinstance(state_dict, dict):
+        raise TypeError(f"a checkpoint must be a dict of tensors, got {type(state_dict).__name__}")
+    while not any(isinstance(value, torch.Tensor) for value in state_dict.values()):
+        wrapper = next((key for key in CHECKPOINT_WRAPPER_KEYS if isinstance(state_dict.get(key), dict)), None)
+        if wrapper is None:
+            raise ValueError(
+                "checkpoint holds no tensors and none of the known wrappers "
+                f"{CHECKPOINT_WRAPPER_KEYS}; its keys are {sorted(state_dict)[:10]}"
+            )
+        state_dict = state_dict[wrapper]
+    if state_dict and all(key.startswith("module.") for key in state_dict):
+        state_dict = {key[len("module."):]: value for key, value in state_dict.items()}
+    return state_dict
+
+
+class DLSN(nn.Module):
+    """Deep Learnable Similarity Network for single-image super-resolution.
+
+    `forward(x)`: `x` [N, n_colors, h, w] in [0, rgb_range] -> [N, n_colors, scale*h, scale*w].
+    Defaults are the published hyper-parameters. Layer `i`'s GLA uses eval seed `i`.
+    `load_state_dict` accepts published checkpoints wrapped as `unwrap_state_dict` describes.
+    The parameter `a` is unused, as in the published model, and kept for key compatibility.
+    """
+
+    def __init__(self, scale=2, n_resgroups=10, n_resblocks=4, n_feats=256, reduction=4, chunk_size=128,
+                 n_hashes=3, res_scale=0.1, rgb_range=1.0, n_colors=3, backend="auto"):
+        super().__init__()
+        if scale not in SUPPORTED_SCALES:
+            raise ValueError(f"DLSN supports scales {SUPPORTED_SCALES}, got {scale!r}")
+        if n_colors != len(DIV2K_RGB_MEAN):
+            raise ValueError(f"DLSN is defined for {len(DIV2K_RGB_MEAN)} colour channels, got n_colors={n_colors}")
+        if n_feats % reduction:
+            raise ValueError(f"DLSN: n_feats ({n_feats}) must be divisible by reduction ({reduction})")
+        self.scale = scale
+        self.rgb_range = rgb_range
+        self.n_colors = n_colors
+        self.a = nn.Parameter(torch.zeros(1))
+        self.sub_mean = MeanShift(rgb_range, sign=-1)
+        self.head = nn.Sequential(default_conv(n_colors, n_feats, 3))
+        groups = [
+            GLAFFM(n_feats, n_resblocks, reduction, chunk_size, n_hashes, res_scale, backend, eval_seed=index)
+            for index in range(n_resgroups)
+        ]
+        self.body = nn.Sequential(*groups, default_conv(n_feats, n_feats, 3))
+        self.tail = nn.Sequential(Upsampler(scale, n_feats), default_conv(n_feats, n_colors, 3))
+        self.add_mean = MeanShift(rgb_range, sign=1)
+
+    def forward(self, x):
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"DLSN expects a torch.Tensor, got {type(x).__name__}")
+        if x.dim() != 4 or x.shape[1] != self.n_colors:
+            raise ValueError(f"DLSN expects x of shape [N, {self.n_colors}, H, W], got {tuple(x.shape)}")
+        if not x.is_floating_point():
+            raise TypeError(f"DLSN expects a floating-point x in [0, rgb_range], got dtype {x.dtype}")
+        x = self.head(self.sub_mean(x))
+        x = self.body(x) + x
+        return self.add_mean(self.tail(x))
+
+    def gla_layers(self):
+        return [module for module in self.modules() if isinstance(module, GLA)]
+
+    def load_state_dict(self, state_dict, strict=True, assign=False):
+        return super().load_state_dict(unwrap_state_dict(state_dict), strict=strict, assign=assign)
