@@ -1,0 +1,124 @@
+"""Blocked window attention forward of GLA, gathering rows through the sort permutation.
+
+Per (batch n, round r), in sorted order (contract section 4, docs/internals.md stage 3): for query
+slot `t < L` of chunk `k = t // l`, `i = t mod l`, and each key slot `j` of the window
+(the multiset of chunks `k`, `k+1`, `k-1` mod nC, in that order; duplicates when nC < 3):
+
+    key_j = q[perm j] / max(||q[perm j]||_2, 5e-5)
+    s_tj  = q[perm t] . key_j + F[perm j, i]
+    lse_t = logsumexp_j s_tj                        (float32)
+    O_t   = sum_j exp(s_tj - lse_t) v[perm j]       (float32 accumulation, stored in v's dtype)
+
+The kernel is a flash-attention forward: rows of q, v and F are gathered through `perm` inside the
+kernel (no sorted copies, no 3x window copies, no [l, 3l] score tensor); the online softmax keeps
+a running max `m_t` and sum `l_t = sum_j exp(s_tj - m_t)` in natural-log units, and the value dim
+is split over the grid (`BLOCK_C` columns per program; every program recomputes the same scores).
+Dots take float32 operands for float32 inputs with input_precision="ieee" (no TF32); 16-bit inputs
+use 16-bit operands (keys and probabilities rounded to the input dtype) with float32 accumulation.
+A backward can recompute `P_tj = exp(s_tj - LSE)` with exactly these formulas.
+Inputs are not validated here: `dlsn.ops.fused.triton_window_attention` checks them before launching.
+"""
+import torch
+import triton
+import triton.language as tl
+
+KEY_NORM_EPS = 5e-5
+
+
+@triton.jit
+def _dot(a, b, UPCAST: tl.constexpr):
+    """a @ b with float32 accumulation; operands in their own dtype (float32: "ieee", no TF32).
+
+    UPCAST multiplies float32 copies of the operands instead: exact products and float32 sums of
+    the same values, which is what the 16-bit tensor-core dot computes. The launcher sets it only
+    for bfloat16 on the CPU interpreter, whose dot multiplies bfloat16 operands as raw uint16 bits.
+    """
+    if UPCAST:
+        result = tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
+    else:
+        result = tl.dot(a, b, input_precision="ieee")
+    return result
+
+
+@triton.jit
+def _window_attn_fwd_kernel(
+    Q, V, F, PERM, O, LSE,
+    length, padded_length, n_chunks, n_hashes, match_channels, value_channels, key_norm_eps,
+    CHUNK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_C: tl.constexpr, UPCAST_DOT: tl.constexpr,
+):
+    """Grid: (query tiles = nC * CHUNK / BLOCK_M, N * h, value-dim tiles)."""
+    pid_m = tl.program_id(0)
+    nr = tl.program_id(1).to(tl.int64)
+    pid_c = tl.program_id(2)
+    n = nr // n_hashes
+    tiles_per_chunk: tl.constexpr = CHUNK // BLOCK_M
+    chunk = pid_m // tiles_per_chunk
+    query_in_chunk = (pid_m % tiles_per_chunk) * BLOCK_M + tl.arange(0, BLOCK_M)
+    query_slot = chunk * CHUNK + query_in_chunk
+
+    perm_row = PERM + nr * padded_length
+    q_rows = Q + n * length * match_channels
+    v_rows = V + n * length * value_channels
+    f_rows = F + n * length * CHUNK
+    dims = tl.arange(0, BLOCK_D)
+    dim_mask = dims < match_channels
+    cols = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    col_mask = cols < value_channels
+
+    query_pos = tl.load(perm_row + query_slot).to(tl.int64)
+    q = tl.load(q_rows + query_pos[:, None] * match_channels + dims[None, :], mask=dim_mask[None, :], other=0.0)
+
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_C], tl.float32)
+    for w in tl.static_range(3):
+        # w = 0, 1, 2 -> chunk k, k + 1, k - 1 (mod nC), the published window order.
+        key_chunk = (chunk + w - 3 * (w // 2) + n_chunks) % n_chunks
+        for j0 in range(0, CHUNK, BLOCK_N):
+            key_slot = key_chunk * CHUNK + j0 + tl.arange(0, BLOCK_N)
+            key_pos = tl.load(perm_row + key_slot).to(tl.int64)
+            key = tl.load(q_rows + key_pos[:, None] * match_channels + dims[None, :],
+                          mask=dim_mask[None, :], other=0.0).to(tl.float32)
+            key_norm = tl.sqrt(tl.sum(key * key, axis=1))
+            key = key / tl.maximum(key_norm, key_norm_eps)[:, None]
+            scores = _dot(q, tl.trans(key.to(q.dtype)), UPCAST_DOT)
+            scores += tl.load(f_rows + key_pos[None, :] * CHUNK + query_in_chunk[:, None]).to(tl.float32)
+            m_new = tl.maximum(m_i, tl.max(scores, axis=1))
+            alpha = tl.exp(m_i - m_new)
+            p = tl.exp(scores - m_new[:, None])
+            l_i = l_i * alpha + tl.sum(p, axis=1)
+            v = tl.load(v_rows + key_pos[:, None] * value_channels + cols[None, :], mask=col_mask[None, :], other=0.0)
+            acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, UPCAST_DOT)
+            m_i = m_new
+
+    query_mask = query_slot < length
+    out = acc / l_i[:, None]
+    tl.store(O + (nr * length + query_slot[:, None]) * value_channels + cols[None, :],
+             out.to(O.dtype.element_ty), mask=query_mask[:, None] & col_mask[None, :])
+    if pid_c == 0:
+        tl.store(LSE + nr * length + query_slot, m_i + tl.log(l_i), mask=query_mask)
+
+
+def window_attn_fwd(q, v, F, perm, chunk_size):
+    """q [N, L, c], v [N, L, C], F [N, L, l] (one float dtype, contiguous), perm [N, h, Lp] int32
+    -> (O [N, h, L, C] in v's dtype, lse [N, h, L] float32)."""
+    n_batch, length, match_channels = q.shape
+    value_channels = v.shape[-1]
+    _, n_hashes, padded_length = perm.shape
+    n_chunks = padded_length // chunk_size
+    O = torch.empty((n_batch, n_hashes, length, value_channels), device=v.device, dtype=v.dtype)
+    lse = torch.empty((n_batch, n_hashes, length), device=v.device, dtype=torch.float32)
+    # tl.dot needs every dimension >= 16 (chunk_size >= 16 is required by the caller).
+    block_m = min(chunk_size, 64)
+    block_n = min(chunk_size, 64)
+    block_d = max(16, triton.next_power_of_2(match_channels))
+    block_c = min(128, max(16, triton.next_power_of_2(value_channels)))
+    grid = (n_chunks * (chunk_size // block_m), n_batch * n_hashes, triton.cdiv(value_channels, block_c))
+    _window_attn_fwd_kernel[grid](
+        q, v, F, perm, O, lse,
+        length, padded_length, n_chunks, n_hashes, match_channels, value_channels, KEY_NORM_EPS,
+        CHUNK=chunk_size, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d, BLOCK_C=block_c,
+        UPCAST_DOT=v.device.type == "cpu" and v.dtype == torch.bfloat16, num_warps=4,
+    )
+    return O, lse
