@@ -1,0 +1,117 @@
+"""The whole fused forward (dlsn.ops.fused.gla_core_triton, GLA(backend="triton")) against the reference."""
+import os
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+
+import dlsn  # noqa: E402
+from dlsn import reference  # noqa: E402
+from dlsn.ops import fused  # noqa: E402
+
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def make_core_inputs(n, C, height, width, chunk_size, h, dtype, seed, reduction=4):
+    g = torch.Generator().manual_seed(seed)
+    length, c = height * width, C // reduction
+    q = torch.randn(n, length, c, generator=g).relu()
+    q[:, :3] = 0
+    v = torch.randn(n, length, C, generator=g)
+    F = torch.randn(n, length, chunk_size, generator=g)
+    x = torch.randn(n, C, height, width, generator=g)
+    rotations = dlsn.sblsh_rotations(c, reference.n_buckets(length, chunk_size), h, generator=g, device=DEVICE)
+    q, v, F, x = (t.to(device=DEVICE, dtype=dtype) for t in (q, v, F, x))
+    return q, v, F, rotations, x
+
+
+def max_error(actual, expected):
+    return (actual.double() - expected.double()).abs().max().item()
+
+
+CORE_SHAPES = [
+    # n, C, H, W, chunk_size, h
+    (2, 48, 5, 9, 16, 3),   # L = 45: padding, nC = 3, c = 12
+    (1, 16, 3, 3, 16, 1),   # L < l
+    (1, 16, 4, 8, 16, 2),   # nC = 2, no padding
+    (1, 32, 8, 12, 32, 4),  # b = 4 buckets, h = 4
+    (1, 16, 9, 7, 64, 2),   # L = 63 < l = 64
+]
+
+
+@pytest.mark.parametrize("n, C, height, width, chunk_size, h", CORE_SHAPES)
+def test_core_float32_matches_reference(n, C, height, width, chunk_size, h):
+    q, v, F, rotations, x = make_core_inputs(n, C, height, width, chunk_size, h, torch.float32, seed=height * width)
+    y = fused.gla_core_triton(q, v, F, rotations, chunk_size, x, 0.5)
+    assert y.dtype == torch.float32 and y.shape == x.shape
+    expected = reference.gla_core(q.double(), v.double(), F.double(), rotations, chunk_size, x.double(), 0.5)
+    assert max_error(y, expected) <= 1e-4 * expected.abs().max().item()
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("n, C, height, width, chunk_size, h", [CORE_SHAPES[0], CORE_SHAPES[3]])
+def test_core_half_precision_no_worse_than_reference(n, C, height, width, chunk_size, h, dtype):
+    q, v, F, rotations, x = make_core_inputs(n, C, height, width, chunk_size, h, dtype, seed=C)
+    y = fused.gla_core_triton(q, v, F, rotations, chunk_size, x, 1.0)
+    assert y.dtype == dtype
+    # The float64 run hashes the same (rounded) q in float32, so both see the same buckets.
+    exact = reference.gla_core(q.double(), v.double(), F.double(), rotations, chunk_size, x.double(), 1.0)
+    same_dtype = reference.gla_core(q, v, F, rotations, chunk_size, x, 1.0)
+    assert max_error(y, exact) <= 2 * max_error(same_dtype, exact)
+
+
+@pytest.mark.parametrize("C, height, width, chunk_size, h", [(16, 5, 7, 16, 3), (48, 3, 4, 32, 2)])
+def test_module_triton_backend_matches_reference_backend(C, height, width, chunk_size, h):
+    torch.manual_seed(0)
+    module = dlsn.GLA(C, chunk_size=chunk_size, n_hashes=h, backend="triton").to(DEVICE).eval()
+    x = torch.randn(2, C, height, width, device=DEVICE)
+    with torch.no_grad():
+        y = module(x)
+        module.backend = "reference"
+        expected = module(x)
+    assert max_error(y, expected) <= 1e-4 * expected.abs().max().item()
+
+
+def test_all_positions_in_one_bucket():
+    q, v, F, rotations, x = make_core_inputs(1, 16, 5, 8, 16, 2, torch.float32, seed=5)
+    q[:] = q[:, 3:4]  # identical queries: every round puts all positions in one bucket
+    y = fused.gla_core_triton(q, v, F, rotations, 16, x, 1.0)
+    codes = fused.triton_hash(q, rotations)
+    assert (codes == codes[:, :, :1]).all()
+    expected = reference.gla_core(q.double(), v.double(), F.double(), rotations, 16, x.double(), 1.0)
+    assert max_error(y, expected) <= 1e-4 * expected.abs().max().item()
+
+
+def test_refuses_inputs_that_need_grad():
+    q, v, F, rotations, x = make_core_inputs(1, 16, 3, 3, 16, 1, torch.float32, seed=6)
+    with pytest.raises(RuntimeError, match="forward pass only"):
+        fused.gla_core_triton(q, v.requires_grad_(), F, rotations, 16, x, 1.0)
+
+
+@pytest.fixture
+def no_launch(monkeypatch):
+    def fail(*args, **kwargs):
+        raise AssertionError("kernel launched on invalid input")
+
+    for launcher in ("sblsh_hash_fwd", "bucket_sort_fwd", "window_attn_fwd"):
+        monkeypatch.setattr(fused, launcher, fail)
+
+
+@pytest.mark.parametrize(
+    "mutate, error, match",
+    [
+        (lambda q, v, F, r, x: (q, v, F, r, 16, x[:, :8], 1.0), ValueError, "x must have shape"),
+        (lambda q, v, F, r, x: (q, v, F, r, 16, x.reshape(1, 16, 1, 9)[..., :8], 1.0), ValueError, "x must have shape"),
+        (lambda q, v, F, r, x: (q, v, F, r, 16, x.double(), 1.0), TypeError, "x must have"),
+        (lambda q, v, F, r, x: (q, v, F, r[:, :3], 16, x, 1.0), ValueError, "rotations"),
+        (lambda q, v, F, r, x: (q, v, F, r, 32, x, 1.0), ValueError, "F must have shape"),
+        (lambda q, v, F, r, x: (q, v.half(), F, r, 16, x, 1.0), TypeError, "must share one dtype"),
+    ],
+)
+def test_bad_input_raises_before_launch(no_launch, mutate, error, match):
+    q, v, F, rotations, x = make_core_inputs(1, 16, 3, 3, 16, 1, torch.float32, seed=7)
+    with pytest.raises(error, match=match):
+        fused.gla_core_triton(*mutate(q, v, F, rotations, x))

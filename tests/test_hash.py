@@ -1,0 +1,112 @@
+"""Triton SB-LSH hash kernel against dlsn.reference.hash_codes (exact equality of the codes)."""
+import os
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+
+from dlsn import reference  # noqa: E402
+from dlsn.ops import fused  # noqa: E402
+
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def make_queries(n, length, c, dtype, seed, zero_rows=0):
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(n, length, c, generator=g).relu()
+    q[:, :zero_rows] = 0
+    return q.to(device=DEVICE, dtype=dtype)
+
+
+def make_rotations(c, b, h, seed):
+    g = torch.Generator().manual_seed(seed)
+    return reference.sblsh_rotations(c, b, h, generator=g, device=DEVICE)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize(
+    "n, length, c, h, b",
+    [
+        (2, 50, 12, 3, 4),   # c not a power of two
+        (1, 7, 64, 1, 1),    # one bucket: every code is 0
+        (2, 33, 16, 4, 130),  # b > 128: two bucket tiles, the second one masked
+        (1, 70, 8, 2, 2),    # L over one 64-row tile
+    ],
+)
+def test_codes_equal_reference(n, length, c, h, b, dtype):
+    q = make_queries(n, length, c, dtype, seed=length + b, zero_rows=2)
+    rotations = make_rotations(c, b, h, seed=b)
+    codes = fused.triton_hash(q, rotations)
+    assert codes.dtype == torch.int32 and codes.shape == (n, h, length)
+    assert torch.equal(codes.long(), reference.hash_codes(q, rotations))
+    assert (codes[:, :, :2] == 0).all(), "zero queries must hash to bucket 0"
+
+
+def test_ties_take_lowest_bucket_across_tiles():
+    # 130 buckets built from 4 distinct columns repeated: every maximum is tied with later copies,
+    # including copies in the second bucket tile, so the code must be the first copy (< 4).
+    c, b, h = 16, 130, 2
+    distinct = make_rotations(c, 4, h, seed=1)
+    rotations = distinct[:, :, torch.arange(b) % 4].contiguous()
+    q = make_queries(2, 40, c, torch.float32, seed=2)
+    codes = fused.triton_hash(q, rotations)
+    assert (codes < 4).all()
+    assert torch.equal(codes.long(), reference.hash_codes(q, rotations))
+
+
+def test_all_positions_one_bucket():
+    q = make_queries(1, 20, 12, torch.float32, seed=3)
+    q[:] = q[:, :1]
+    rotations = make_rotations(12, 6, 3, seed=4)
+    codes = fused.triton_hash(q, rotations)
+    assert torch.equal(codes.long(), reference.hash_codes(q, rotations))
+    assert (codes == codes[:, :, :1]).all()
+
+
+def test_non_contiguous_and_float64_rotations():
+    q = make_queries(2, 12, 30, torch.float32, seed=5).transpose(1, 2).contiguous().transpose(1, 2)
+    rotations64 = make_rotations(30, 4, 3, seed=6).double()
+    assert not q.is_contiguous()
+    codes = fused.triton_hash(q, rotations64)
+    assert torch.equal(codes.long(), reference.hash_codes(q, rotations64.float()))
+
+
+@pytest.fixture
+def no_launch(monkeypatch):
+    def fail(*args, **kwargs):
+        raise AssertionError("kernel launched on invalid input")
+
+    monkeypatch.setattr(fused, "sblsh_hash_fwd", fail)
+
+
+@pytest.mark.parametrize(
+    "make_args, error, match",
+    [
+        (lambda q, r: (q[0], r), ValueError, "q must be 3-D"),
+        (lambda q, r: (q.long(), r), TypeError, "q must have dtype"),
+        (lambda q, r: (q, r[:, :5]), ValueError, "rotations \\[h, c, b\\] must have c"),
+        (lambda q, r: (q, r.long()), TypeError, "rotations must have dtype"),
+        (lambda q, r: (q[:, :0], r), ValueError, "q must be non-empty"),
+        (lambda q, r: (q.numpy(force=True), r), TypeError, "q must be a torch.Tensor"),
+    ],
+)
+def test_bad_input_raises_before_launch(no_launch, make_args, error, match):
+    q = make_queries(1, 8, 12, torch.float32, seed=7)
+    rotations = make_rotations(12, 2, 2, seed=8)
+    with pytest.raises(error, match=match):
+        fused.triton_hash(*make_args(q, rotations))
+
+
+def test_cpu_tensors_need_the_interpreter(no_launch, monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with pytest.raises(ValueError, match="need CUDA tensors"):
+        fused.triton_hash(torch.rand(1, 4, 12), torch.rand(1, 12, 2))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU to put tensors on two devices")
+def test_device_mismatch_raises(no_launch):
+    with pytest.raises(ValueError, match="rotations is on"):
+        fused.triton_hash(torch.rand(1, 4, 12, device="cuda"), torch.rand(1, 12, 2))

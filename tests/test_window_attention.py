@@ -1,0 +1,108 @@
+"""Triton window-attention forward against dlsn.reference.window_attention.
+
+float32: relative error <= 1e-4 against the float64 reference. bfloat16/float16: error against the
+float64 reference no worse than twice that of the reference run in the same dtype.
+"""
+import os
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+
+from dlsn import reference  # noqa: E402
+from dlsn.ops import fused  # noqa: E402
+
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def make_inputs(n, h, length, c, C, chunk_size, b, dtype, seed, zero_rows=2):
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(n, length, c, generator=g).relu()
+    q[:, :zero_rows] = 0  # zero queries: keys become 0 (the norm is clamped at 5e-5)
+    v = torch.randn(n, length, C, generator=g)
+    F = torch.randn(n, length, chunk_size, generator=g)
+    codes = torch.randint(0, b, (n, h, length), generator=g)
+    perm, _ = reference.sort_permutation(codes, chunk_size)
+    q, v, F = (t.to(device=DEVICE, dtype=dtype) for t in (q, v, F))
+    return q, v, F, perm.to(device=DEVICE, dtype=torch.int32)
+
+
+def max_error(actual, expected):
+    return (actual.double() - expected.double()).abs().max().item()
+
+
+SHAPES = [
+    # n, h, L, c, C, chunk_size, b
+    (2, 3, 45, 12, 48, 16, 4),   # nC = 3, padding, C = 48 / c = 12 (masked channels)
+    (1, 1, 5, 12, 48, 16, 1),    # L < l: nC = 1, the chunk is listed 3 times, wrapped padding
+    (1, 2, 16, 16, 32, 16, 1),   # nC = 1 exactly, no padding
+    (1, 4, 20, 8, 20, 16, 2),    # nC = 2: the other chunk listed twice; h = 4
+    (1, 2, 100, 16, 136, 32, 4),  # C = 136: two value tiles, the second one masked
+    (1, 1, 40, 16, 16, 64, 2),   # chunk 64, L < l
+    (1, 1, 150, 16, 16, 128, 2),  # chunk 128, two query tiles per chunk
+    (1, 1, 20, 12, 16, 256, 1),  # chunk 256, L < l
+]
+
+
+@pytest.mark.parametrize("n, h, length, c, C, chunk_size, b", SHAPES)
+def test_float32_matches_float64_reference(n, h, length, c, C, chunk_size, b):
+    q, v, F, perm = make_inputs(n, h, length, c, C, chunk_size, b, torch.float32, seed=length + C)
+    O, lse = fused.triton_window_attention(q, v, F, perm, chunk_size)
+    assert O.dtype == torch.float32 and O.shape == (n, h, length, C)
+    assert lse.dtype == torch.float32 and lse.shape == (n, h, length)
+    ref_O, ref_lse = reference.window_attention(q.double(), v.double(), F.double(), perm.long(), chunk_size)
+    assert max_error(O, ref_O) <= 1e-4 * ref_O.abs().max().item()
+    assert max_error(lse, ref_lse) <= 1e-4 * ref_lse.abs().max().item()
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("n, h, length, c, C, chunk_size, b", [SHAPES[0], SHAPES[3], SHAPES[4]])
+def test_half_precision_no_worse_than_reference(n, h, length, c, C, chunk_size, b, dtype):
+    q, v, F, perm = make_inputs(n, h, length, c, C, chunk_size, b, dtype, seed=length)
+    O, lse = fused.triton_window_attention(q, v, F, perm, chunk_size)
+    assert O.dtype == dtype and lse.dtype == torch.float32
+    exact_O, exact_lse = reference.window_attention(q.double(), v.double(), F.double(), perm.long(), chunk_size)
+    same_dtype_O, same_dtype_lse = reference.window_attention(q, v, F, perm.long(), chunk_size)
+    assert max_error(O, exact_O) <= 2 * max_error(same_dtype_O, exact_O)
+    assert max_error(lse, exact_lse) <= 2 * max_error(same_dtype_lse, exact_lse)
+
+
+def test_non_contiguous_inputs_are_copied():
+    q, v, F, perm = make_inputs(1, 2, 40, 12, 24, 16, 3, torch.float32, seed=11)
+    v_strided = v.transpose(1, 2).contiguous().transpose(1, 2)
+    F_strided = F.transpose(1, 2).contiguous().transpose(1, 2)
+    O, lse = fused.triton_window_attention(q, v_strided, F_strided, perm, 16)
+    ref_O, ref_lse = fused.triton_window_attention(q, v, F, perm, 16)
+    assert torch.equal(O, ref_O) and torch.equal(lse, ref_lse)
+
+
+@pytest.fixture
+def no_launch(monkeypatch):
+    def fail(*args, **kwargs):
+        raise AssertionError("kernel launched on invalid input")
+
+    monkeypatch.setattr(fused, "window_attn_fwd", fail)
+
+
+@pytest.mark.parametrize(
+    "mutate, error, match",
+    [
+        (lambda q, v, F, p: (q, v.half(), F, p, 16), TypeError, "must share one dtype"),
+        (lambda q, v, F, p: (q.double(), v, F, p, 16), TypeError, "q must have dtype"),
+        (lambda q, v, F, p: (q, v, F[..., :8], p, 16), ValueError, "F must have shape"),
+        (lambda q, v, F, p: (q, v[:, :10], F, p, 16), ValueError, "v must have shape"),
+        (lambda q, v, F, p: (q, v, F, p[..., :16], 16), ValueError, "perm must have shape"),
+        (lambda q, v, F, p: (q, v, F, p.long(), 16), TypeError, "perm must have dtype"),
+        (lambda q, v, F, p: (q, v, F, p + 40, 16), ValueError, "perm must lie in \\[0, 40\\)"),
+        (lambda q, v, F, p: (q, v, F, p, 24), ValueError, "chunk_size must be a power of two"),
+        (lambda q, v, F, p: (q, v, F, p, 8), ValueError, "chunk_size must be a power of two"),
+        (lambda q, v, F, p: (q[0], v, F, p, 16), ValueError, "q must be 3-D"),
+    ],
+)
+def test_bad_input_raises_before_launch(no_launch, mutate, error, match):
+    q, v, F, perm = make_inputs(1, 2, 40, 12, 24, 16, 3, torch.float32, seed=12)
+    with pytest.raises(error, match=match):
+        fused.triton_window_attention(*mutate(q, v, F, perm))
