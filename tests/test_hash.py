@@ -32,8 +32,8 @@ def make_rotations(c, b, h, seed):
     [
         (2, 50, 12, 3, 4),   # c not a power of two
         (1, 7, 64, 1, 1),    # one bucket: every code is 0
-        (2, 33, 16, 4, 130),  # b > 128: two bucket tiles, the second one masked
-        (1, 70, 8, 2, 2),    # L over one 64-row tile
+        (2, 33, 16, 4, 40),   # b > 32: two bucket tiles, the second one masked
+        (1, 140, 8, 2, 2),   # L over one 128-row tile
     ],
 )
 def test_codes_equal_reference(n, length, c, h, b, dtype):
@@ -47,7 +47,7 @@ def test_codes_equal_reference(n, length, c, h, b, dtype):
 
 def test_ties_take_lowest_bucket_across_tiles():
     # 130 buckets built from 4 distinct columns repeated: every maximum is tied with later copies,
-    # including copies in the second bucket tile, so the code must be the first copy (< 4).
+    # including copies in later bucket tiles, so the code must be the first copy (< 4).
     c, b, h = 16, 130, 2
     distinct = make_rotations(c, 4, h, seed=1)
     rotations = distinct[:, :, torch.arange(b) % 4].contiguous()
