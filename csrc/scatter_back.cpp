@@ -29,9 +29,9 @@ bool is_element_dtype(c10::ScalarType t) {
   return t == at::kFloat || t == at::kHalf || t == at::kBFloat16 || t == at::kDouble;
 }
 
-void check_same_device(const at::Tensor& t, const char* name, const at::Tensor& O) {
-  TORCH_CHECK_VALUE(t.device() == O.device(), "scatter_back: ", name, " must be on the device of O (",
-                    O.device(), "), got ", t.device());
+void check_same_device(const at::Tensor& t, const char* op, const char* name, const at::Tensor& O) {
+  TORCH_CHECK_VALUE(t.device() == O.device(), op, ": ", name, " must be on the device of O (", O.device(),
+                    "), got ", t.device());
 }
 
 void check_contiguous(const at::Tensor& t, const char* op, const char* name) {
@@ -56,9 +56,12 @@ c10::ScalarType lse_dtype_for(c10::ScalarType element) {
   return element == at::kDouble ? at::kDouble : at::kFloat;
 }
 
-MergeSizes check_scatter_back_args(const at::Tensor& O, const at::Tensor& lse, const at::Tensor& inv,
-                                   const at::Tensor& residual) {
-  constexpr const char* op = "scatter_back";
+namespace {
+
+// Checks shared by the forward and the backward; `image` is the [N, C, H, W] tensor (residual in
+// the forward, grad_y in the backward).
+MergeSizes check_merge_args(const char* op, const at::Tensor& O, const at::Tensor& lse, const at::Tensor& inv,
+                            const at::Tensor& image, const char* image_name) {
   TORCH_CHECK_VALUE(O.dim() == 4, op, ": O must be 4-D [N, h, L, C], got shape ", O.sizes());
   const MergeSizes sz{O.size(0), O.size(1), O.size(2), O.size(3)};
   TORCH_CHECK_VALUE(sz.h >= 1, op, ": O must hold at least one hash round (O.size(1) >= 1), got shape ",
@@ -69,37 +72,43 @@ MergeSizes check_scatter_back_args(const at::Tensor& O, const at::Tensor& lse, c
                    ": O must be float32, float16, bfloat16 or float64, got ", O.scalar_type());
   check_lse_dtype(lse, O, op);
   TORCH_CHECK_TYPE(inv.scalar_type() == at::kInt, op, ": inv must be int32, got ", inv.scalar_type());
-  TORCH_CHECK_TYPE(residual.scalar_type() == O.scalar_type(), op, ": residual must have the dtype of O (",
-                   O.scalar_type(), "), got ", residual.scalar_type());
-  check_same_device(lse, "lse", O);
-  check_same_device(inv, "inv", O);
-  check_same_device(residual, "residual", O);
+  TORCH_CHECK_TYPE(image.scalar_type() == O.scalar_type(), op, ": ", image_name, " must have the dtype of O (",
+                   O.scalar_type(), "), got ", image.scalar_type());
+  check_same_device(lse, op, "lse", O);
+  check_same_device(inv, op, "inv", O);
+  check_same_device(image, op, image_name, O);
   check_shape(lse, op, "lse", {sz.N, sz.h, sz.L}, "[N, h, L]");
   check_shape(inv, op, "inv", {sz.N, sz.h, sz.L}, "[N, h, L]");
-  TORCH_CHECK_VALUE(residual.dim() == 4 && residual.size(0) == sz.N && residual.size(1) == sz.C &&
-                        residual.size(2) * residual.size(3) == sz.L,
-                    op, ": residual must have shape [N, C, H, W] with N = ", sz.N, ", C = ", sz.C,
-                    " and H * W = L = ", sz.L, ", got ", residual.sizes());
+  TORCH_CHECK_VALUE(image.dim() == 4 && image.size(0) == sz.N && image.size(1) == sz.C &&
+                        image.size(2) * image.size(3) == sz.L,
+                    op, ": ", image_name, " must have shape [N, C, H, W] with N = ", sz.N, ", C = ", sz.C,
+                    " and H * W = L = ", sz.L, ", got ", image.sizes());
   check_contiguous(O, op, "O");
   check_contiguous(lse, op, "lse");
   check_contiguous(inv, op, "inv");
-  check_contiguous(residual, op, "residual");
+  check_contiguous(image, op, image_name);
   return sz;
+}
+
+}  // namespace
+
+MergeSizes check_scatter_back_args(const at::Tensor& O, const at::Tensor& lse, const at::Tensor& inv,
+                                   const at::Tensor& residual) {
+  return check_merge_args("scatter_back", O, lse, inv, residual, "residual");
 }
 
 MergeSizes check_scatter_back_backward_args(const at::Tensor& grad_y, const c10::optional<at::Tensor>& grad_out,
                                             const at::Tensor& O, const at::Tensor& lse, const at::Tensor& inv,
                                             const at::Tensor& out, const at::Tensor& LSE) {
   constexpr const char* op = "scatter_back_backward";
-  // grad_y stands in for the residual: same [N, C, H, W] shape, dtype and layout rules.
-  const MergeSizes sz = check_scatter_back_args(O, lse, inv, grad_y);
+  const MergeSizes sz = check_merge_args(op, O, lse, inv, grad_y, "grad_y");
   TORCH_CHECK_TYPE(out.scalar_type() == O.scalar_type(), op, ": out must have the dtype of O (",
                    O.scalar_type(), "), got ", out.scalar_type());
   TORCH_CHECK_TYPE(LSE.scalar_type() == lse_dtype_for(O.scalar_type()), op, ": LSE must be ",
                    lse_dtype_for(O.scalar_type()), " for O of dtype ", O.scalar_type(), ", got ",
                    LSE.scalar_type());
-  check_same_device(out, "out", O);
-  check_same_device(LSE, "LSE", O);
+  check_same_device(out, op, "out", O);
+  check_same_device(LSE, op, "LSE", O);
   check_shape(out, op, "out", {sz.N, sz.L, sz.C}, "[N, L, C]");
   check_shape(LSE, op, "LSE", {sz.N, sz.L}, "[N, L]");
   check_contiguous(out, op, "out");
@@ -107,7 +116,7 @@ MergeSizes check_scatter_back_backward_args(const at::Tensor& grad_y, const c10:
   if (grad_out.has_value()) {
     TORCH_CHECK_TYPE(grad_out->scalar_type() == O.scalar_type(), op, ": grad_out must have the dtype of O (",
                      O.scalar_type(), "), got ", grad_out->scalar_type());
-    check_same_device(*grad_out, "grad_out", O);
+    check_same_device(*grad_out, op, "grad_out", O);
     check_shape(*grad_out, op, "grad_out", {sz.N, sz.L, sz.C}, "[N, L, C]");
     check_contiguous(*grad_out, op, "grad_out");
   }
@@ -122,8 +131,8 @@ MergeSizes check_attention_grad_rows_args(const at::Tensor& grad_y, const at::Te
                    ": out must be float32, float16, bfloat16 or float64, got ", out.scalar_type());
   TORCH_CHECK_TYPE(grad_y.scalar_type() == out.scalar_type(), op, ": grad_y must have the dtype of out (",
                    out.scalar_type(), "), got ", grad_y.scalar_type());
-  TORCH_CHECK_VALUE(grad_y.device() == out.device(), op, ": grad_y must be on the device of out (",
-                    out.device(), "), got ", grad_y.device());
+  TORCH_CHECK_VALUE(grad_y.device() == out.device(), op, ": grad_y must be on the device of out (", out.device(),
+                    "), got ", grad_y.device());
   TORCH_CHECK_VALUE(grad_y.dim() == 4 && grad_y.size(0) == sz.N && grad_y.size(1) == sz.C &&
                         grad_y.size(2) * grad_y.size(3) == sz.L,
                     op, ": grad_y must have shape [N, C, H, W] with N = ", sz.N, ", C = ", sz.C,
