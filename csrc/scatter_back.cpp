@@ -219,11 +219,12 @@ void scatter_back_cpu_kernel(const scalar_t* O, const at::opmath_type<scalar_t>*
       for (int64_t p = 0; p < count; ++p) {
         const int64_t pos = p0 + p;
         LSE[n * L + pos] = round_weights<acc_t>(lse, inv, n, pos, h, L, nullptr, off.data(), w.data());
-        acc_t* row = rows.data() + p * C;
+        acc_t* __restrict__ row = rows.data() + p * C;
         std::fill(row, row + C, acc_t(0));
         for (int64_t r = 0; r < h; ++r) {
-          const scalar_t* src = O + off[r] * C;
-          for (int64_t c = 0; c < C; ++c) row[c] += w[r] * static_cast<acc_t>(src[c]);
+          const scalar_t* __restrict__ src = O + off[r] * C;
+          const acc_t weight = w[r];
+          for (int64_t c = 0; c < C; ++c) row[c] += weight * static_cast<acc_t>(src[c]);
         }
         scalar_t* dst = out + (n * L + pos) * C;
         for (int64_t c = 0; c < C; ++c) dst[c] = static_cast<scalar_t>(row[c]);
@@ -261,22 +262,23 @@ void scatter_back_backward_cpu_kernel(const scalar_t* grad_y, const scalar_t* gr
       }
       for (int64_t p = 0; p < count; ++p) {
         const int64_t pos = p0 + p;
-        acc_t* g = G.data() + p * C;
+        acc_t* __restrict__ g = G.data() + p * C;
         if (grad_out != nullptr) {
-          const scalar_t* src = grad_out + (n * L + pos) * C;
+          const scalar_t* __restrict__ src = grad_out + (n * L + pos) * C;
           for (int64_t c = 0; c < C; ++c) g[c] += static_cast<acc_t>(src[c]);
         }
         round_weights<acc_t>(lse, inv, n, pos, h, L, LSE + n * L + pos, off.data(), w.data());
-        const scalar_t* merged = out + (n * L + pos) * C;
+        const scalar_t* __restrict__ merged = out + (n * L + pos) * C;
         for (int64_t r = 0; r < h; ++r) {
-          const scalar_t* o = O + off[r] * C;
-          scalar_t* go = grad_O + off[r] * C;
+          const scalar_t* __restrict__ o = O + off[r] * C;
+          scalar_t* __restrict__ go = grad_O + off[r] * C;
+          const acc_t weight = w[r];
           acc_t dot = 0;
           for (int64_t c = 0; c < C; ++c) {
             dot += g[c] * (static_cast<acc_t>(o[c]) - static_cast<acc_t>(merged[c]));
-            go[c] = static_cast<scalar_t>(w[r] * g[c]);
+            go[c] = static_cast<scalar_t>(weight * g[c]);
           }
-          grad_lse[off[r]] = w[r] * dot;
+          grad_lse[off[r]] = weight * dot;
         }
       }
     }
