@@ -72,25 +72,27 @@ def _window_attn_fwd_kernel(
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_C], tl.float32)
-    for w in tl.static_range(3):
-        # w = 0, 1, 2 -> chunk k, k + 1, k - 1 (mod nC), the published window order.
+    # One flat loop over the 3 * CHUNK / BLOCK_N key blocks of the window; w = 0, 1, 2 -> chunk
+    # k, k + 1, k - 1 (mod nC), the published window order.
+    blocks_per_chunk: tl.constexpr = CHUNK // BLOCK_N
+    for key_block in range(3 * blocks_per_chunk):
+        w = key_block // blocks_per_chunk
         key_chunk = (chunk + w - 3 * (w // 2) + n_chunks) % n_chunks
-        for j0 in range(0, CHUNK, BLOCK_N):
-            key_slot = key_chunk * CHUNK + j0 + tl.arange(0, BLOCK_N)
-            key_pos = tl.load(perm_row + key_slot).to(tl.int64)
-            key = tl.load(q_rows + key_pos[:, None] * match_channels + dims[None, :],
-                          mask=dim_mask[None, :], other=0.0).to(tl.float32)
-            key_norm = tl.sqrt(tl.sum(key * key, axis=1))
-            key = key / tl.maximum(key_norm, key_norm_eps)[:, None]
-            scores = _dot(q, tl.trans(key.to(q.dtype)), UPCAST_DOT)
-            scores += tl.load(f_rows + key_pos[None, :] * CHUNK + query_in_chunk[:, None]).to(tl.float32)
-            m_new = tl.maximum(m_i, tl.max(scores, axis=1))
-            alpha = tl.exp(m_i - m_new)
-            p = tl.exp(scores - m_new[:, None])
-            l_i = l_i * alpha + tl.sum(p, axis=1)
-            v = tl.load(v_rows + key_pos[:, None] * value_channels + cols[None, :], mask=col_mask[None, :], other=0.0)
-            acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, UPCAST_DOT)
-            m_i = m_new
+        key_slot = key_chunk * CHUNK + (key_block % blocks_per_chunk) * BLOCK_N + tl.arange(0, BLOCK_N)
+        key_pos = tl.load(perm_row + key_slot).to(tl.int64)
+        key = tl.load(q_rows + key_pos[:, None] * match_channels + dims[None, :],
+                      mask=dim_mask[None, :], other=0.0).to(tl.float32)
+        key_norm = tl.sqrt(tl.sum(key * key, axis=1))
+        key = key / tl.maximum(key_norm, key_norm_eps)[:, None]
+        scores = _dot(q, tl.trans(key.to(q.dtype)), UPCAST_DOT)
+        scores += tl.load(f_rows + key_pos[None, :] * CHUNK + query_in_chunk[:, None]).to(tl.float32)
+        m_new = tl.maximum(m_i, tl.max(scores, axis=1))
+        alpha = tl.exp(m_i - m_new)
+        p = tl.exp(scores - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        v = tl.load(v_rows + key_pos[:, None] * value_channels + cols[None, :], mask=col_mask[None, :], other=0.0)
+        acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, UPCAST_DOT)
+        m_i = m_new
 
     query_mask = query_slot < length
     out = acc / l_i[:, None]
@@ -98,6 +100,22 @@ def _window_attn_fwd_kernel(
              out.to(O.dtype.element_ty), mask=query_mask[:, None] & col_mask[None, :])
     if pid_c == 0:
         tl.store(LSE + nr * length + query_slot, m_i + tl.log(l_i), mask=query_mask)
+
+
+def _launch_config(dtype, chunk_size, value_channels):
+    """(BLOCK_M, BLOCK_N, BLOCK_C, num_warps), chosen from sm_90 builds of the C = 256, l = 128 case
+    (ptxas register counts; untimed): the float32 "ieee" dot runs on FMAs and keeps its operands in
+    registers, so float32 takes smaller tiles than the 16-bit tensor-core path. Every block is at
+    least 16 (tl.dot) and divides chunk_size, so query and key tiles never need masks.
+    """
+    if dtype == torch.float32:
+        block_m, block_n, block_c = 32, 64, 64
+    else:
+        block_m, block_n, block_c = 64, 64, 128
+    block_m, block_n = min(block_m, chunk_size), min(block_n, chunk_size)
+    block_c = min(block_c, max(16, triton.next_power_of_2(value_channels)))
+    num_warps = 8 if block_m * block_n >= 2048 else 4
+    return block_m, block_n, block_c, num_warps
 
 
 def window_attn_fwd(q, v, F, perm, chunk_size):
@@ -109,16 +127,13 @@ def window_attn_fwd(q, v, F, perm, chunk_size):
     n_chunks = padded_length // chunk_size
     O = torch.empty((n_batch, n_hashes, length, value_channels), device=v.device, dtype=v.dtype)
     lse = torch.empty((n_batch, n_hashes, length), device=v.device, dtype=torch.float32)
-    # tl.dot needs every dimension >= 16 (chunk_size >= 16 is required by the caller).
-    block_m = min(chunk_size, 64)
-    block_n = min(chunk_size, 64)
+    block_m, block_n, block_c, num_warps = _launch_config(v.dtype, chunk_size, value_channels)
     block_d = max(16, triton.next_power_of_2(match_channels))
-    block_c = min(128, max(16, triton.next_power_of_2(value_channels)))
     grid = (n_chunks * (chunk_size // block_m), n_batch * n_hashes, triton.cdiv(value_channels, block_c))
     _window_attn_fwd_kernel[grid](
         q, v, F, perm, O, lse,
         length, padded_length, n_chunks, n_hashes, match_channels, value_channels, KEY_NORM_EPS,
         CHUNK=chunk_size, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d, BLOCK_C=block_c,
-        UPCAST_DOT=v.device.type == "cpu" and v.dtype == torch.bfloat16, num_warps=4,
+        UPCAST_DOT=v.device.type == "cpu" and v.dtype == torch.bfloat16, num_warps=num_warps, num_stages=2,
     )
     return O, lse
