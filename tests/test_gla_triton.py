@@ -115,3 +115,14 @@ def test_bad_input_raises_before_launch(no_launch, mutate, error, match):
     q, v, F, rotations, x = make_core_inputs(1, 16, 3, 3, 16, 1, torch.float32, seed=7)
     with pytest.raises(error, match=match):
         fused.gla_core_triton(*mutate(q, v, F, rotations, x))
+
+
+@pytest.mark.parametrize("use_extension", [True, False])
+def test_both_round_combines_match_reference(monkeypatch, use_extension):
+    if use_extension and not fused.extension_available():
+        pytest.skip("the dlsn._C extension is not built")
+    monkeypatch.setattr(fused, "extension_available", lambda: use_extension)
+    q, v, F, rotations, x = make_core_inputs(2, 16, 5, 7, 16, 3, torch.float32, seed=8)
+    y = fused.gla_core_triton(q, v, F, rotations, 16, x, 0.1)
+    expected = reference.gla_core(q.double(), v.double(), F.double(), rotations, 16, x.double(), 0.1)
+    assert max_error(y, expected) <= 1e-4 * expected.abs().max().item()

@@ -21,9 +21,11 @@ import os
 import torch
 
 from .. import reference
+from .._extension import extension_available
 from ..kernels.bucket_sort import bucket_sort_fwd
 from ..kernels.hash import sblsh_hash_fwd
 from ..kernels.window_attention import window_attn_fwd
+from .scatter import scatter_back
 
 FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 CHUNK_SIZES = (16, 32, 64, 128, 256)
@@ -162,14 +164,13 @@ def triton_window_attention(q, v, F, perm, chunk_size, check_range=True):
 
 
 def _combine_rounds(O, lse, inv, x, res_scale):
-    """y = res_scale * (rounds merged with softmax_r(lse)) as NCHW + x, in O's dtype."""
-    try:
-        from .scatter import scatter_back
-        from .._extension import extension_available
-    except ImportError:
-        scatter_back = None
-    if scatter_back is not None and extension_available():
-        y, _, _ = scatter_back(O, lse, inv, x, res_scale)
+    """y = res_scale * (rounds merged with softmax_r(lse)) as NCHW + x, in O's dtype.
+
+    The extension's scatter_back when it is built, else the reference merge (float32 weights) rounded
+    to O's dtype: the same function either way.
+    """
+    if extension_available():
+        y, _, _ = scatter_back(O, lse, inv, x, float(res_scale))
         return y
     out, _ = reference.combine_rounds(O, lse, inv.long())
     n_batch, channels, height, width = x.shape
