@@ -5,16 +5,13 @@ permutations built as docs/internals.md describes (random codes with ties, stabl
 a chunk multiple). CUDA variants run when a GPU is present.
 """
 import math
+import subprocess
+import sys
 
 import pytest
 import torch
 
-from dlsn._extension import extension_available
-
-pytestmark = pytest.mark.skipif(not extension_available(), reason="dlsn._C is not built")
-
-if extension_available():
-    from dlsn.ops import scatter as ops
+from dlsn.ops import scatter as ops
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 CPU_KEYSET = torch._C.DispatchKeySet(torch._C.DispatchKey.CPU)
@@ -35,6 +32,32 @@ TOLERANCES = {
     torch.float16: (2e-3, 2e-3),
     torch.bfloat16: (1.6e-2, 1.6e-2),
 }
+
+
+def test_extension_is_built_and_registered():
+    # Not a skip condition: the package is installed with its extension, and these tests must
+    # never pass by skipping.
+    import dlsn._C  # noqa: F401
+
+    assert ops._registered
+    for name in ("scatter_back", "scatter_back_backward", "attention_grad_rows"):
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(f"dlsn::{name}", "CPU"), name
+
+
+def test_missing_extension_fails_on_use_not_on_import():
+    script = (
+        "import sys; sys.modules['dlsn._C'] = None\n"  # makes `import dlsn._C` raise ImportError
+        "import torch, dlsn.ops.scatter as ops\n"
+        "try:\n"
+        "    ops.scatter_back(torch.zeros(1, 1, 1, 1), torch.zeros(1, 1, 1), torch.zeros(1, 1, 1, dtype=torch.int32),"
+        " torch.zeros(1, 1, 1, 1))\n"
+        "except RuntimeError as exc:\n"
+        "    print('RuntimeError:', exc)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "RuntimeError: the dlsn C++/CUDA extension (dlsn._C) is not available" in result.stdout
+    assert "pip install --no-build-isolation -e ." in result.stdout
 
 
 def build_perm_inv(codes, chunk):
