@@ -122,6 +122,21 @@ def test_forward_matches_merge(device, dtype, h, shape):
     torch.testing.assert_close(LSE.double(), LSE_ref, atol=lse_tol, rtol=lse_tol)
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("N,H,W,C", [(0, 2, 3, 4), (1, 0, 3, 4), (2, 2, 3, 0)])
+def test_empty_sizes(device, N, H, W, C):
+    O, lse, inv, residual = make_inputs(N, 2, H, W, C, 4, torch.float32, device)
+    y, out, LSE = ops.scatter_back(O, lse, inv, residual, 1.0)
+    for got, want in zip((y, out, LSE), merge_reference(O, lse, inv, residual, 1.0)):
+        assert got.shape == want.shape
+        torch.testing.assert_close(got.double(), want, atol=1e-5, rtol=1e-5)
+    grad_O, grad_lse = ops.scatter_back_backward(torch.ones_like(y), None, O, lse, inv, out, LSE, 1.0)
+    assert grad_O.shape == O.shape and grad_lse.shape == lse.shape
+    torch.testing.assert_close(grad_lse, torch.zeros_like(grad_lse))  # C = 0 or nothing at all
+    g, D = ops.attention_grad_rows(y, out, 1.0)
+    assert g.shape == out.shape and D.shape == out.shape[:2]
+
+
 def test_float64_O_accepts_float32_lse():
     O, lse, inv, residual = make_inputs(2, 3, 5, 7, 6, 8, torch.float64, "cpu")
     lse32 = lse.float()
