@@ -39,6 +39,8 @@ CORE_SHAPES = [
     (1, 16, 4, 8, 16, 2),   # nC = 2, no padding
     (1, 32, 8, 12, 32, 4),  # b = 4 buckets, h = 4
     (1, 16, 9, 7, 64, 2),   # L = 63 < l = 64
+    (3, 16, 1, 1, 16, 2),   # a single position, batch 3
+    (1, 16, 2, 3, 256, 1),  # largest chunk size, L = 6
 ]
 
 
