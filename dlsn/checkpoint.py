@@ -1,0 +1,235 @@
+"""Loading published DLSN weights strictly, and saving/loading our training checkpoints atomically.
+
+Published checkpoints are plain state dicts, possibly wrapped (`params_ema`, `params`, `state_dict`,
+`model`) or with a DataParallel `module.` prefix. `load_model` infers the architecture from the
+tensors (width from `head.0.weight`, groups/blocks from the `body.*` indices, reduction from
+`conv_match`, chunk size from `fc.0.weight`, scale from the upsampler `tail.0.*`, `rgb_range` from
+`sub_mean.bias`); `n_hashes` and `res_scale` leave no trace in the weights and default to the
+published 3 and 0.1. Any key or shape that does not match is an error naming it: a partial load
+never happens silently.
+
+Our training checkpoints (`save_training_checkpoint`) are dicts with `format: "dlsn-train"` and
+model, EMA, optimizer, scheduler, GradScaler, iteration, sampler position, config and RNG states.
+They are written atomically: a temp file in the same folder, flushed and fsync'ed, then
+`os.replace`d over the target, so an interrupted write leaves the previous file intact.
+"""
+from __future__ import annotations
+
+import os
+import random
+import re
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .model import DLSN, DIV2K_RGB_MEAN, unwrap_state_dict
+
+__all__ = ["CheckpointError", "load_model", "load_state_dict_strict", "infer_architecture", "read_checkpoint",
+           "atomic_save", "save_training_checkpoint", "load_pretrained", "export_safetensors",
+           "rng_state", "set_rng_state", "TRAIN_FORMAT"]
+
+TRAIN_FORMAT = "dlsn-train"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be loaded into the requested model."""
+
+
+def read_checkpoint(path, map_location="cpu"):
+    """The object stored at `path` (a torch file or `.safetensors`), with a clear error if unreadable."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {str(path)!r} not found")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+        return load_file(str(path), device=str(map_location))
+    try:
+        return torch.load(str(path), map_location=map_location, weights_only=True)
+    except Exception as exc:  # torch raises several types for truncated/corrupt/foreign files
+        raise CheckpointError(f"cannot read checkpoint {str(path)!r}: {type(exc).__name__}: {exc}") from None
+
+
+def _model_state(obj, prefer_ema=True):
+    """The weights inside any supported checkpoint object, as a plain state dict."""
+    if isinstance(obj, dict) and obj.get("format") == TRAIN_FORMAT:
+        return obj["ema"] if prefer_ema and obj.get("ema") is not None else obj["model"]
+    return unwrap_state_dict(obj)
+
+
+def _indices(state_dict, pattern):
+    return sorted({int(m.group(1)) for key in state_dict for m in [re.match(pattern, key)] if m})
+
+
+def infer_architecture(state_dict) -> dict:
+    """DLSN constructor arguments read off a (plain) state dict."""
+    try:
+        n_feats = state_dict["head.0.weight"].shape[0]
+        groups = _indices(state_dict, r"body\.(\d+)\.body\.")
+        blocks = _indices(state_dict, r"body\.0\.body\.(\d+)\.body\.0\.weight$")
+        c = state_dict[f"body.0.body.{len(blocks)}.conv_match.0.weight"].shape[0]
+        chunk_size = state_dict[f"body.0.body.{len(blocks)}.fc.0.weight"].shape[0]
+        upsample_convs = _indices(state_dict, r"tail\.0\.(\d+)\.weight$")
+        first_up = state_dict["tail.0.0.weight"].shape[0]
+        bias = state_dict["sub_mean.bias"]
+    except KeyError as exc:
+        raise CheckpointError(
+            f"not a DLSN state dict: key {exc.args[0]!r} is missing (first keys: {sorted(state_dict)[:6]})"
+        ) from None
+    if first_up == 9 * n_feats and len(upsample_convs) == 1:
+        scale = 3
+    elif first_up == 4 * n_feats:
+        scale = 2 ** len(upsample_convs)
+    else:
+        raise CheckpointError(f"cannot read the scale off tail.0.0.weight {tuple(state_dict['tail.0.0.weight'].shape)} "
+                              f"with n_feats={n_feats}")
+    return dict(scale=scale, n_resgroups=len(groups), n_resblocks=len(blocks), n_feats=n_feats,
+                reduction=n_feats // c, chunk_size=chunk_size,
+                rgb_range=round(float(-bias[0]) / DIV2K_RGB_MEAN[0], 6))
+
+
+def load_state_dict_strict(model, state_dict, exclude=()):
+    """Copy `state_dict` into `model`, failing with every missing, unexpected and mis-shaped key named.
+
+    `exclude`: key prefixes that are neither loaded nor required (e.g. `("tail.0.",)` to fine-tune
+    another scale from an x2 model). Nothing is copied unless everything matches.
+    """
+    state_dict = unwrap_state_dict(state_dict)
+    own = model.state_dict()
+
+    def kept(key):
+        return not any(key.startswith(prefix) for prefix in exclude)
+
+    missing = [k for k in own if kept(k) and k not in state_dict]
+    unexpected = [k for k in state_dict if kept(k) and k not in own]
+    mismatched = [f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}"
+                  for k in own if kept(k) and k in state_dict and state_dict[k].shape != own[k].shape]
+    if missing or unexpected or mismatched:
+        lines = ["checkpoint does not match the model:"]
+        for title, items in (("shape mismatches", mismatched), ("missing keys", missing),
+                             ("unexpected keys", unexpected)):
+            if items:
+                shown = items[:12] + ([f"... and {len(items) - 12} more"] if len(items) > 12 else [])
+                lines.append(f"  {title} ({len(items)}): " + "; ".join(shown))
+        raise CheckpointError("\n".join(lines))
+    selected = {k: v for k, v in state_dict.items() if kept(k)}
+    result = torch.nn.Module.load_state_dict(model, selected, strict=not exclude)
+    if exclude:
+        bad = [k for k in result.missing_keys if kept(k)] + list(result.unexpected_keys)
+        assert not bad, bad  # guaranteed by the checks above
+    return model
+
+
+def load_model(path, scale=None, map_location="cpu", prefer_ema=True, **overrides) -> DLSN:
+    """A `DLSN` with the weights of the checkpoint at `path` (published format, ours, or safetensors).
+
+    The architecture is inferred from the weights; `scale` and `overrides` (any `DLSN` argument) are
+    checked against it where the weights determine them, so a wrong scale, chunk size or width is a
+    `CheckpointError` naming the keys and shapes that disagree. The model is returned in eval mode.
+    """
+    obj = read_checkpoint(path, map_location=map_location)
+    state_dict = _model_state(obj, prefer_ema=prefer_ema)
+    arch = infer_architecture(state_dict)
+    if isinstance(obj, dict) and obj.get("format") == TRAIN_FORMAT:
+        trained = obj.get("config", {}).get("model", {})
+        arch.update({k: trained[k] for k in ("n_hashes", "res_scale") if k in trained})
+    requested = dict(overrides)
+    if scale is not None:
+        requested["scale"] = scale
+    kwargs = {**arch, **requested}
+    try:
+        model = DLSN(**kwargs)
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path}: cannot build DLSN({kwargs}): {exc}") from None
+    conflicts = {k: (arch[k], v) for k, v in requested.items() if k in arch and arch[k] != v}
+    try:
+        load_state_dict_strict(model, state_dict)
+    except CheckpointError as exc:
+        said = "; ".join(f"{k}={v!r} requested but the checkpoint has {k}={a!r}" for k, (a, v) in conflicts.items())
+        raise CheckpointError(f"{path}: {said + ': ' if said else ''}{exc}") from None
+    if conflicts:  # a value the weights cannot tell apart (rgb_range); still a conflict with the file
+        said = "; ".join(f"{k}={v!r} requested but the checkpoint has {k}={a!r}" for k, (a, v) in conflicts.items())
+        raise CheckpointError(f"{path}: {said}")
+    return model.eval()
+
+
+def load_pretrained(model, path, exclude=("tail.0.",)):
+    """Initialise `model` from the weights at `path`, skipping keys under `exclude` (fine-tuning)."""
+    state_dict = _model_state(read_checkpoint(path), prefer_ema=True)
+    try:
+        return load_state_dict_strict(model, state_dict, exclude=tuple(exclude))
+    except CheckpointError as exc:
+        raise CheckpointError(f"pretrained weights {path}: {exc}") from None
+
+
+def atomic_save(obj, path):
+    """`torch.save(obj, path)` via a temp file in the same folder, fsync and `os.replace`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(obj, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    try:  # make the rename itself durable
+        dir_fd = os.open(str(path.parent), os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError:
+        pass
+    return path
+
+
+def rng_state() -> dict:
+    """Every RNG the training loop draws from: torch CPU (GLA rotations), CUDA, numpy, python."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    # numpy's key array is stored as a tensor so the checkpoint loads with `weights_only=True`.
+    state = {"torch": torch.get_rng_state(), "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss),
+             "python": random.getstate()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_training_checkpoint(path, **fields):
+    """Write a training checkpoint (`format: dlsn-train`) atomically; `fields` are its entries."""
+    return atomic_save({"format": TRAIN_FORMAT, **fields}, path)
+
+
+def export_safetensors(checkpoint, out, prefer_ema=True):
+    """Write the weights of `checkpoint` (any supported format) to a `.safetensors` file."""
+    from safetensors.torch import save_file
+
+    state_dict = _model_state(read_checkpoint(checkpoint), prefer_ema=prefer_ema)
+    infer_architecture(state_dict)  # refuse to export something that is not a DLSN
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=str(out.parent))
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata={"format": "dlsn", **{k: str(v) for k, v in infer_architecture(tensors).items()}})
+        os.replace(tmp, out)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return out

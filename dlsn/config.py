@@ -1,0 +1,245 @@
+"""Training configuration: a typed schema with defaults, read from YAML, overridden from the command line.
+
+A config file has up to four sections, `model`, `data`, `train` and `log`, whose fields are the
+dataclasses below. Unknown sections or keys are errors (with a did-you-mean), never ignored: a typo
+such as `lr_milestones` for `milestones` would otherwise silently train with the default.
+
+Overrides are `section.key=value` strings, parsed as YAML scalars/lists and checked against the
+field's type: `train.lr=2e-4`, `train.milestones=[100,200]`, `train.amp=bf16`, `data.val_dir=null`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import List, Optional
+
+import yaml
+
+__all__ = ["ModelConfig", "DataConfig", "TrainConfig", "LogConfig", "Config", "ConfigError",
+           "load_config", "apply_overrides", "config_from_dict", "config_to_dict", "packaged_config"]
+
+
+class ConfigError(ValueError):
+    """A config file or override that does not fit the schema."""
+
+
+@dataclass
+class ModelConfig:
+    """`dlsn.DLSN` constructor arguments (defaults: the published model)."""
+    scale: int = 2
+    n_resgroups: int = 10
+    n_resblocks: int = 4
+    n_feats: int = 256
+    reduction: int = 4
+    chunk_size: int = 128
+    n_hashes: int = 3
+    res_scale: float = 0.1
+    rgb_range: float = 1.0
+    backend: str = "auto"
+
+
+@dataclass
+class DataConfig:
+    """Training images and the validation benchmark.
+
+    `train_dir`: a DIV2K-layout folder (see `dlsn.data`); `val_dir`: a benchmark folder of HR images
+    (LR made on the fly). `patch_size` is the LR patch side; HR patches are `scale` times larger.
+    """
+    train_dir: Optional[str] = None
+    val_dir: Optional[str] = None
+    degradation: str = "bi"
+    patch_size: int = 48
+    batch_size: int = 16
+    num_workers: int = 4
+    augment: bool = True
+    val_max_images: int = 0
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation. `milestones` are iterations at which the learning rate is multiplied by `gamma`.
+
+    `pretrained`: weights to start from (an x2 checkpoint for the x3/x4 fine-tunes); keys starting
+    with any of `pretrained_exclude` are left at their initialisation (the upsampler `tail.0.`).
+    `ema_decay` 0 disables the EMA; `grad_clip` 0 disables clipping (max global L2 norm otherwise).
+    `amp`: "none", "bf16" or "fp16" (fp16 uses a GradScaler).
+    """
+    iterations: int = 300000
+    lr: float = 1e-4
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    milestones: List[int] = field(default_factory=lambda: [200000])
+    gamma: float = 0.5
+    ema_decay: float = 0.0
+    grad_clip: float = 0.0
+    amp: str = "none"
+    seed: int = 0
+    device: str = "auto"
+    pretrained: Optional[str] = None
+    pretrained_exclude: List[str] = field(default_factory=lambda: ["tail.0."])
+
+
+@dataclass
+class LogConfig:
+    """Output folder and how often (in iterations) to print, validate and checkpoint; 0 disables."""
+    out_dir: str = "runs/dlsn"
+    log_every: int = 100
+    val_every: int = 5000
+    save_every: int = 5000
+    keep_last: int = 2
+    tensorboard: bool = True
+    progress: bool = True
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+
+_AMP_MODES = ("none", "bf16", "fp16")
+_DEGRADATIONS = ("bi", "bd", "dn")
+
+
+def _suggest(name, choices):
+    close = difflib.get_close_matches(name, list(choices), n=1)
+    return f"; did you mean {close[0]!r}?" if close else f"; known: {', '.join(sorted(choices))}"
+
+
+def _coerce(value, annotation, where):
+    """`value` checked against (and lightly converted to) the dataclass field type `annotation`."""
+    origin = typing.get_origin(annotation)
+    if origin is typing.Union:  # Optional[X]
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return None if value is None else _coerce(value, args[0], where)
+    if origin in (list, List):
+        (item_type,) = typing.get_args(annotation)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return [_coerce(item, item_type, f"{where}[{i}]") for i, item in enumerate(value)]
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true/false, got {value!r}")
+        return value
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if annotation is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return str(value)
+    raise ConfigError(f"{where}: unsupported field type {annotation}")  # pragma: no cover
+
+
+def _section_types():
+    hints = typing.get_type_hints(Config)
+    return {name: hints[name] for name in hints}
+
+
+def _validate(cfg: Config) -> Config:
+    if cfg.train.amp not in _AMP_MODES:
+        raise ConfigError(f"train.amp must be one of {_AMP_MODES}, got {cfg.train.amp!r}")
+    if cfg.data.degradation not in _DEGRADATIONS:
+        raise ConfigError(f"data.degradation must be one of {_DEGRADATIONS}, got {cfg.data.degradation!r}")
+    if len(cfg.train.betas) != 2:
+        raise ConfigError(f"train.betas must be two numbers, got {cfg.train.betas}")
+    if sorted(cfg.train.milestones) != cfg.train.milestones:
+        raise ConfigError(f"train.milestones must be increasing, got {cfg.train.milestones}")
+    for where, value in (("data.patch_size", cfg.data.patch_size), ("data.batch_size", cfg.data.batch_size),
+                         ("train.iterations", cfg.train.iterations)):
+        if value <= 0:
+            raise ConfigError(f"{where} must be positive, got {value}")
+    if not 0.0 <= cfg.train.ema_decay < 1.0:
+        raise ConfigError(f"train.ema_decay must be in [0, 1), got {cfg.train.ema_decay}")
+    return cfg
+
+
+def config_from_dict(raw, source="config") -> Config:
+    """A `Config` from nested dicts; unknown sections/keys and wrongly typed values are `ConfigError`s."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping of sections, got {type(raw).__name__}")
+    sections = _section_types()
+    built = {}
+    for name, values in raw.items():
+        if name not in sections:
+            raise ConfigError(f"{source}: unknown section {name!r}{_suggest(str(name), sections)}")
+        cls = sections[name]
+        if values is None:
+            values = {}
+        if not isinstance(values, dict):
+            raise ConfigError(f"{source}: section {name!r} must be a mapping, got {values!r}")
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        hints = typing.get_type_hints(cls)
+        kwargs = {}
+        for key, value in values.items():
+            if key not in fields:
+                raise ConfigError(f"{source}: unknown key {name}.{key}{_suggest(str(key), fields)}")
+            kwargs[key] = _coerce(value, hints[key], f"{source}: {name}.{key}")
+        built[name] = cls(**kwargs)
+    return _validate(Config(**built))
+
+
+def config_to_dict(cfg: Config) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def apply_overrides(cfg: Config, overrides) -> Config:
+    """`cfg` with `section.key=value` overrides applied (values parsed as YAML, then type-checked)."""
+    raw = config_to_dict(cfg)
+    for item in overrides or ():
+        if "=" not in item:
+            raise ConfigError(f"override {item!r}: expected section.key=value, e.g. train.lr=2e-4")
+        path, text = item.split("=", 1)
+        parts = path.strip().split(".")
+        if len(parts) != 2:
+            raise ConfigError(f"override {item!r}: the key must be section.key, e.g. train.lr")
+        section, key = parts
+        if section not in raw:
+            raise ConfigError(f"override {item!r}: unknown section {section!r}{_suggest(section, raw)}")
+        if key not in raw[section]:
+            raise ConfigError(f"override {item!r}: unknown key {section}.{key}{_suggest(key, raw[section])}")
+        try:
+            value = yaml.safe_load(text) if text.strip() else None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"override {item!r}: cannot parse the value: {exc}") from None
+        raw[section][key] = value
+    return config_from_dict(raw, source="overrides")
+
+
+def load_config(path, overrides=()) -> Config:
+    """Read a YAML config (a file path, or the name of a packaged config such as `dlsn_x2`)."""
+    path = Path(path)
+    if not path.exists() and packaged_config(str(path)).exists():
+        path = packaged_config(str(path))
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} not found (packaged configs: {', '.join(_packaged_names())})")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    return apply_overrides(config_from_dict(raw, source=str(path)), overrides)
+
+
+def packaged_config(name: str) -> Path:
+    """Path of a config shipped in `dlsn/configs` (`"dlsn_x2"` or `"dlsn_x2.yaml"`)."""
+    name = name if name.endswith(".yaml") else name + ".yaml"
+    return Path(__file__).resolve().parent / "configs" / name
+
+
+def _packaged_names():
+    return sorted(p.stem for p in (Path(__file__).resolve().parent / "configs").glob("*.yaml"))
