@@ -86,7 +86,7 @@ def infer_architecture(state_dict) -> dict:
                               f"with n_feats={n_feats}")
     return dict(scale=scale, n_resgroups=len(groups), n_resblocks=len(blocks), n_feats=n_feats,
                 reduction=n_feats // c, chunk_size=chunk_size,
-                rgb_range=round(float(-bias[0]) / DIV2K_RGB_MEAN[0], 6))
+                rgb_range=round(float(-bias[0]) / DIV2K_RGB_MEAN[0], 3))  # float32 bias: 255 reads as 255.000001
 
 
 def load_state_dict_strict(model, state_dict, exclude=()):
