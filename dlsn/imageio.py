@@ -129,7 +129,7 @@ def _load_array(path: PathLike) -> np.ndarray:
     if not path.exists():
         raise FileNotFoundError(f"image not found: {path}")
     if not path.is_file():
-        raise IsADirectoryError(f"not an image file: {path}")
+        raise ValueError(f"not an image file (a folder?): {path}")
     png16 = _png16_header(path)
     if png16 is not None:
         width, height, _, ctype, interlace = png16

@@ -1,0 +1,171 @@
+"""Image-pair datasets for training and benchmarking.
+
+Both return full-size ``(lr, hr)`` pairs, float32 ``[3, h, w]`` and ``[3, s*h, s*w]`` in [0, 1];
+random patches, flips/transposes and ``rgb_range`` are applied on top by ``dlsn.train.PatchPairs``
+(keyed by ``(index, sample_seed)`` so sampling resumes exactly).
+
+Folder layouts (``root`` is the folder given by the user):
+
+* DIV2K / EDSR: HR images in ``root/HR`` (or ``root/DIV2K_train_HR``, or ``root`` itself) and,
+  optionally, pre-made LR images in ``root/LR_bicubic/X{s}`` named ``{stem}x{s}{ext}``
+  (``0001.png`` -> ``0001x2.png``; ``baby.png`` -> ``babyx2.png``, the EDSR benchmark layout).
+  ``DIV2K_train_LR_bicubic/X{s}`` is accepted as well.
+* Pre-made LR images are used for ``degradation="bi"`` when that folder exists (``use_premade``);
+  otherwise LR images are made on the fly from the HR images with ``dlsn.degradations``.
+  HR images are cropped to a multiple of the scale first (only needed when LR is made here).
+
+DN noise is deterministic: image ``i`` in epoch ``e`` draws from a generator seeded with
+``(seed, e, i)``; ``set_epoch`` changes ``e`` (a resumed run calls it with the epoch it stopped in).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional, Tuple, Union
+
+import torch
+from torch.utils.data import Dataset
+
+from .degradations import DEGRADATIONS, DN_NOISE_LEVEL, crop_to_scale, degrade
+from .imageio import IMAGE_EXTENSIONS, read_image
+
+__all__ = ["PairFolder", "TrainPairs", "BenchmarkPairs", "list_images", "find_hr_dir", "find_lr_dir"]
+
+PathLike = Union[str, Path]
+
+
+def list_images(folder: Path) -> List[Path]:
+    """Image files directly in ``folder``, sorted by name; an error naming the folder if none."""
+    if not folder.is_dir():
+        raise FileNotFoundError(f"image folder not found: {folder}")
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    if not files:
+        raise FileNotFoundError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in folder {folder}")
+    return files
+
+
+def find_hr_dir(root: Path) -> Path:
+    if not root.exists():
+        raise FileNotFoundError(f"data folder not found: {root}")
+    if not root.is_dir():
+        raise ValueError(f"data path is not a folder: {root}")
+    for name in ("HR", "DIV2K_train_HR"):
+        if (root / name).is_dir():
+            return root / name
+    return root
+
+
+def find_lr_dir(root: Path, scale: int) -> Optional[Path]:
+    for name in ("LR_bicubic", "DIV2K_train_LR_bicubic"):
+        candidate = root / name / f"X{scale}"
+        if candidate.is_dir():
+            return candidate
+    return None
+
+
+class PairFolder(Dataset):
+    """Full ``(lr, hr)`` pairs from a folder (layouts in the module docstring), read lazily.
+
+    Args:
+        root: the data folder.
+        scale: upscaling factor.
+        degradation: ``"bi"``, ``"bd"`` or ``"dn"``.
+        noise_level: DN noise std on the 0-255 scale.
+        seed: base seed of the DN noise.
+        use_premade: use ``LR_bicubic/X{s}`` when present (BI only).
+        cache: keep decoded pairs in memory (small benchmark sets; not DIV2K).
+        max_images: keep only the first N images (0: all).
+    """
+
+    def __init__(
+        self,
+        root: PathLike,
+        scale: int,
+        degradation: str = "bi",
+        noise_level: float = DN_NOISE_LEVEL,
+        seed: int = 0,
+        use_premade: bool = True,
+        cache: bool = False,
+        max_images: int = 0,
+    ):
+        if degradation not in DEGRADATIONS:
+            raise ValueError(f"unknown degradation {degradation!r}; expected one of {DEGRADATIONS}")
+        if not isinstance(scale, int) or scale < 1:
+            raise ValueError(f"scale must be a positive int, got {scale!r}")
+        self.root = Path(root)
+        self.scale, self.degradation, self.noise_level, self.seed = scale, degradation, noise_level, seed
+        self.epoch = 0
+        self.hr_dir = find_hr_dir(self.root)
+        self.hr_files = list_images(self.hr_dir)
+        if max_images:
+            self.hr_files = self.hr_files[:max_images]
+        self.names = [p.stem for p in self.hr_files]
+        lr_dir = find_lr_dir(self.root, scale) if (use_premade and degradation == "bi") else None
+        self.lr_files: Optional[List[Path]] = None
+        if lr_dir is not None:
+            self.lr_files = [self._lr_path(lr_dir, p) for p in self.hr_files]
+        self._cache = {} if cache else None
+
+    def _lr_path(self, lr_dir: Path, hr_path: Path) -> Path:
+        for ext in (hr_path.suffix, ".png"):
+            candidate = lr_dir / f"{hr_path.stem}x{self.scale}{ext}"
+            if candidate.is_file():
+                return candidate
+        raise FileNotFoundError(
+            f"LR image for {hr_path.name} not found: expected {lr_dir / (hr_path.stem + f'x{self.scale}.png')} "
+            f"(DIV2K naming); remove {lr_dir} or pass use_premade=False to make LR on the fly"
+        )
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the DN noise of ``epoch`` (no effect for BI/BD)."""
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.hr_files)
+
+    def _generator(self, index: int) -> torch.Generator:
+        # One independent stream per (seed, epoch, image): order- and worker-independent.
+        key = (self.seed * 1_000_003 + self.epoch) * 1_000_003 + index
+        return torch.Generator().manual_seed(key % (2**63))
+
+    def _load(self, index: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        hr_path = self.hr_files[index]
+        hr = read_image(hr_path)
+        s = self.scale
+        if self.lr_files is not None:
+            lr = read_image(self.lr_files[index])
+            h, w = lr.shape[-2:]
+            if hr.shape[-2] < h * s or hr.shape[-1] < w * s:
+                raise ValueError(
+                    f"{hr_path}: HR {tuple(hr.shape[-2:])} is smaller than {s}x its LR image "
+                    f"{self.lr_files[index]} {(h, w)}"
+                )
+            return lr, hr[:, : h * s, : w * s].contiguous()
+        try:
+            hr = crop_to_scale(hr, s).contiguous()
+        except ValueError as exc:
+            raise ValueError(f"{hr_path}: {exc}") from None
+        lr = degrade(hr, s, self.degradation, self.noise_level, self._generator(index))
+        return lr.float(), hr
+
+    def __getitem__(self, index: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} images")
+        if self._cache is None:
+            return self._load(index)
+        key = (index, self.epoch if self.degradation == "dn" else 0)
+        if key not in self._cache:
+            self._cache[key] = self._load(index)
+        return self._cache[key]
+
+
+class TrainPairs(PairFolder):
+    """Training pairs in the DIV2K layout; read lazily (DIV2K does not fit in memory as floats)."""
+
+
+class BenchmarkPairs(PairFolder):
+    """Benchmark pairs (Set5, Set14, ...): HR images or the EDSR ``HR`` + ``LR_bicubic`` layout; cached."""
+
+    def __init__(self, root: PathLike, scale: int, degradation: str = "bi", **kwargs):
+        kwargs.setdefault("cache", True)
+        super().__init__(root, scale, degradation, **kwargs)
