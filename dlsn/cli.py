@@ -81,8 +81,8 @@ def build_parser():
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in ("train", "eval", "upscale", "demo", "export"):
         if name in _LAZY:
-            # Arguments are added on use (`dlsn.evaluate` is imported then): forward everything.
-            sub.add_parser(name, help=_LAZY[name][2], add_help=False).add_argument("rest", nargs=argparse.REMAINDER)
+            # Listed for --help only; `main` hands these to a parser built on use (`dlsn.evaluate`).
+            sub.add_parser(name, help=_LAZY[name][2], add_help=False)
         else:
             add, _, text = _COMMANDS[name]
             add(sub.add_parser(name, help=text, description=text))
@@ -104,20 +104,21 @@ def main(argv=None) -> int:
     """Run the `dlsn` command line on `argv` (default `sys.argv[1:]`); returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
+    command = argv[0] if argv else None
     try:
-        args = parser.parse_args(argv)
-        if args.command is None:
-            parser.print_help()
-            return 2
-        if args.command in _LAZY:
-            run, args = _lazy_command(args.command, args.rest)
+        if command in _LAZY:
+            run, args = _lazy_command(command, argv[1:])
         else:
+            args = parser.parse_args(argv)
+            if args.command is None:
+                parser.print_help()
+                return 2
             run = _COMMANDS[args.command][1]
         return int(run(args) or 0)
     except SystemExit as exc:  # argparse: --help (0) or a usage error (2, message already printed)
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
     except KeyboardInterrupt:
-        print(f"dlsn {argv[0] if argv else ''}: interrupted", file=sys.stderr)
+        print(f"dlsn {command}: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:
         from .train import TrainingInterrupted
@@ -125,6 +126,6 @@ def main(argv=None) -> int:
         if isinstance(exc, TrainingInterrupted):
             return 130
         if isinstance(exc, (ValueError, FileNotFoundError, PermissionError, RuntimeError, TypeError, ImportError)):
-            print(f"dlsn {args.command}: error: {exc}", file=sys.stderr)
+            print(f"dlsn {command}: error: {exc}", file=sys.stderr)
             return 2
         raise

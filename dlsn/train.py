@@ -38,10 +38,10 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from . import checkpoint as ckpt
 from .config import Config, config_to_dict
-from .imresize import imresize
+from .degradations import bicubic_down, crop_to_scale
 from .model import DLSN
 
-__all__ = ["PatchPairs", "ImagePairs", "SampleStream", "bicubic_degrade", "build_model", "train",
+__all__ = ["PatchPairs", "ImagePairs", "SampleStream", "build_model", "train",
            "benchmark_pairs", "validate", "TrainingInterrupted"]
 
 
@@ -49,29 +49,23 @@ class TrainingInterrupted(RuntimeError):
     """Raised after Ctrl-C once the checkpoint holding the finished steps is written."""
 
 
-def bicubic_degrade(hr: torch.Tensor, scale: int) -> torch.Tensor:
-    """BI: MATLAB-compatible bicubic downscale, quantised to 8 bit like a saved LR PNG."""
-    lr = imresize(hr, scale=1.0 / scale)
-    return lr.clamp(0, 1).mul(255).round().div(255)
-
-
 class ImagePairs(Dataset):
-    """Full-size `(lr, hr)` pairs made from HR images in [0, 1] ([3, H, W]) by `degrade` (BI default).
+    """Full-size `(lr, hr)` pairs made in memory from HR images in [0, 1] ([3, H, W]) by `degrade`
+    (default BI, quantised to 8 bit); `dlsn.data` serves folders the same way.
 
     HR images are cropped to a multiple of `scale` first, as in the SISR literature.
     """
 
-    def __init__(self, hr_images, scale: int, degrade=None, names=None):
-        degrade = degrade or bicubic_degrade
+    def __init__(self, hr_images, scale: int, degrade=bicubic_down, names=None):
         self.names = list(names) if names is not None else [f"image_{i}" for i in range(len(hr_images))]
         self.pairs = []
         for name, hr in zip(self.names, hr_images):
             if hr.dim() != 3 or hr.shape[0] != 3:
                 raise ValueError(f"{name}: expected an RGB image [3, H, W], got shape {tuple(hr.shape)}")
-            h, w = (hr.shape[1] // scale) * scale, (hr.shape[2] // scale) * scale
-            if h == 0 or w == 0:
-                raise ValueError(f"{name}: image {tuple(hr.shape[1:])} is smaller than the scale {scale}")
-            hr = hr[:, :h, :w].float().contiguous()
+            try:
+                hr = crop_to_scale(hr, scale).float().contiguous()
+            except ValueError as exc:
+                raise ValueError(f"{name}: {exc}") from None
             self.pairs.append((degrade(hr, scale).float(), hr))
 
     def __len__(self):
@@ -84,8 +78,9 @@ class ImagePairs(Dataset):
 class PatchPairs(Dataset):
     """Aligned random LR/HR patches of a dataset of full `(lr, hr)` pairs.
 
-    Items are keyed by `(index, sample_seed)`: the crop and the flips/transpose are a function of the
-    key alone. Values are scaled from [0, 1] to [0, rgb_range].
+    Items are keyed by `(index, sample_seed, epoch)`: the crop and the flips/transpose are a function
+    of the key alone; `epoch` selects the DN noise of datasets with `set_epoch` (`dlsn.data`).
+    Values are scaled from [0, 1] to [0, rgb_range].
     """
 
     def __init__(self, pairs, scale: int, patch_size: int, augment: bool = True, rgb_range: float = 1.0):
@@ -96,7 +91,9 @@ class PatchPairs(Dataset):
         return len(self.pairs)
 
     def __getitem__(self, key):
-        index, sample_seed = key
+        index, sample_seed, epoch = key
+        if hasattr(self.pairs, "set_epoch"):
+            self.pairs.set_epoch(epoch)
         lr, hr = self.pairs[index]
         p, s = self.patch_size, self.scale
         h, w = lr.shape[-2:]
@@ -122,7 +119,7 @@ class PatchPairs(Dataset):
 
 
 class SampleStream(torch.utils.data.Sampler):
-    """Endless batches of `(index, sample_seed)` keys for one rank, starting after `consumed` samples.
+    """Endless batches of `(index, sample_seed, epoch)` keys for one rank, starting after `consumed` samples.
 
     The stream is the concatenation over epochs of `DistributedSampler(seed, epoch)` orders; the
     sample seed is a function of `seed`, the rank and the position in the stream.
@@ -142,7 +139,7 @@ class SampleStream(torch.utils.data.Sampler):
             self.sampler.set_epoch(epoch)
             for index in list(self.sampler)[offset:]:
                 sample_seed = (self.seed * 1_000_003 + position * self.world_size + self.rank) % (2 ** 63)
-                batch.append((index, sample_seed))
+                batch.append((index, sample_seed, epoch))
                 position += 1
                 if len(batch) == self.batch_size:
                     yield batch
@@ -154,38 +151,19 @@ def build_model(cfg: Config) -> DLSN:
     return DLSN(**vars(cfg.model))
 
 
-def benchmark_pairs(folder, scale: int, max_images: int = 0) -> ImagePairs:
-    """BI pairs from a folder of HR images (LR made on the fly), sorted by name."""
-    from .imageio import read_image
+def benchmark_pairs(folder, scale: int, max_images: int = 0):
+    """BI pairs of a benchmark folder (`dlsn.data.BenchmarkPairs`: HR images, or HR + LR_bicubic)."""
+    from .data import BenchmarkPairs
 
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"benchmark folder {str(folder)!r} not found")
-    hr_dir = folder / "HR" if (folder / "HR").is_dir() else folder
-    files = sorted(p for p in hr_dir.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"))
-    if max_images:
-        files = files[:max_images]
-    if not files:
-        raise FileNotFoundError(f"no images in benchmark folder {str(hr_dir)!r}")
-    images = [_as_rgb(read_image(p)) for p in files]
-    return ImagePairs(images, scale, names=[p.stem for p in files])
-
-
-def _as_rgb(img):
-    img = torch.as_tensor(img).float()
-    if img.dim() == 2:
-        img = img.unsqueeze(0)
-    if img.shape[0] == 1:
-        img = img.expand(3, -1, -1)
-    return img[:3]
+    return BenchmarkPairs(folder, scale, max_images=max_images)
 
 
 def _training_pairs(cfg: Config):
     if not cfg.data.train_dir:
         raise ValueError("data.train_dir is not set: give a DIV2K-layout folder, e.g. data.train_dir=/data/DIV2K")
-    from . import data
+    from .data import TrainPairs
 
-    return data.TrainPairs(cfg.data.train_dir, scale=cfg.model.scale, degradation=cfg.data.degradation)
+    return TrainPairs(cfg.data.train_dir, scale=cfg.model.scale, degradation=cfg.data.degradation, seed=cfg.train.seed)
 
 
 @torch.no_grad()

@@ -128,8 +128,8 @@ def test_patches_are_aligned_and_keyed():
     hr = torch.rand(3, 40, 44)
     pairs = ImagePairs([hr], 2)
     patches = PatchPairs(pairs, 2, 10, augment=True, rgb_range=255.0)
-    lr_a, hr_a = patches[(0, 7)]
-    lr_b, hr_b = patches[(0, 7)]
+    lr_a, hr_a = patches[(0, 7, 0)]
+    lr_b, hr_b = patches[(0, 7, 0)]
     assert torch.equal(lr_a, lr_b) and torch.equal(hr_a, hr_b)
     assert lr_a.shape == (3, 10, 10) and hr_a.shape == (3, 20, 20) and hr_a.max() > 1.5
     # The HR patch is a crop of the (flipped/transposed) HR image: find it among the 8 symmetries.
