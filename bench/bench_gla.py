@@ -1,0 +1,187 @@
+"""GLA layer forward and forward+backward: reference vs triton (fused) vs FlexAttention.
+
+Full run: the training shape (batch 16, 48x48, C=256, c=64, l=128, h=3) forward and forward+backward,
+and inference maps 64x64..512x512 (batch 1) forward; float32 and bf16 autocast.
+`--smoke`: tiny shapes on the CPU (Triton under TRITON_INTERPRET=1).
+
+Providers (the whole layer: embeddings + attention core, fixed eval rotations):
+- reference: `dlsn.GLA(backend="reference")`, the pure-PyTorch path.
+- triton: `layer.embed` + `dlsn.ops.fused.gla_core_triton` (forward) or
+  `dlsn.ops.fused_grad.gla_core_triton_grad` (forward+backward).
+- flex: `layer.embed`, reference hash + sort, then `torch.nn.attention.flex_attention` on the sorted
+  sequences (heads = rounds), a block mask for the 3-chunk window, a `score_mod` adding
+  `F[key, query slot in chunk]` (and log multiplicity of duplicated chunks when nC < 3), `scale=1`,
+  `return_lse`, then the reference round merge. Compiled with `torch.compile` on CUDA.
+"""
+import contextlib
+import math
+
+import harness
+import torch
+
+from dlsn import GLA, reference
+
+PAIRS = (("triton", "reference"), ("triton", "flex"))
+
+
+def flex_available():
+    try:
+        from torch.nn.attention.flex_attention import create_block_mask, flex_attention  # noqa: F401
+        return True, ""
+    except ImportError as error:
+        return False, f"torch {torch.__version__} has no FlexAttention ({error})"
+
+
+class FlexCore:
+    """GLA attention core on FlexAttention; block masks cached per (N, h, Lp, l)."""
+
+    def __init__(self, device):
+        from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+        self.create_block_mask = create_block_mask
+        self.attend = torch.compile(flex_attention, dynamic=False) if device.type == "cuda" else flex_attention
+        self.masks = {}
+
+    def window(self, n_batch, hashes, padded, chunk, device):
+        key = (n_batch, hashes, padded, chunk, str(device))
+        if key not in self.masks:
+            n_chunks = padded // chunk
+            multiplicity = torch.zeros(n_chunks, device=device)
+            for offset in (0, 1, -1):  # the window is a multiset: nC < 3 repeats chunks
+                multiplicity[offset % n_chunks] += 1
+            allowed = multiplicity > 0
+            log_mult = torch.log(multiplicity.clamp_min(1))
+
+            def mask_mod(b, h, q_idx, kv_idx):
+                return allowed[(kv_idx // chunk - q_idx // chunk) % n_chunks]
+
+            block = self.create_block_mask(mask_mod, n_batch, hashes, padded, padded, device=device,
+                                           BLOCK_SIZE=min(128, padded))
+            self.masks[key] = (block, log_mult, n_chunks)
+        return self.masks[key]
+
+    def __call__(self, q, v, F, rotations, chunk, x, res_scale):
+        codes = reference.hash_codes(q.detach(), rotations)
+        perm, inv = reference.sort_permutation(codes, chunk)
+        n_batch, hashes, padded = perm.shape
+        length = q.shape[1]
+        keys = q / q.norm(dim=-1, keepdim=True).clamp_min(reference.KEY_NORM_EPS)
+        q_s, k_s, v_s, f_s = (reference._gather_rows(t, perm).contiguous() for t in (q, keys, v, F))
+        block, log_mult, n_chunks = self.window(n_batch, hashes, padded, chunk, q.device)
+
+        def score_mod(score, b, h, q_idx, kv_idx):
+            return (score + f_s[b, h, kv_idx, q_idx % chunk]
+                    + log_mult[(kv_idx // chunk - q_idx // chunk) % n_chunks])
+
+        out, lse = self.attend(q_s, k_s, v_s, score_mod=score_mod, block_mask=block, scale=1.0, return_lse=True)  # return_aux is absent in torch 2.11
+        merged, _ = reference.combine_rounds(out[:, :, :length], lse[:, :, :length].float(), inv)
+        n, channels, height, width = x.shape
+        return merged.to(v.dtype).transpose(1, 2).reshape(n, channels, height, width) * res_scale + x
+
+
+def triton_status(device, backward):
+    ready, reason = harness.interpreter_ready(device)
+    if not ready:
+        return None, reason
+    try:
+        if backward:
+            from dlsn.ops.fused_grad import gla_core_triton_grad as core
+        else:
+            from dlsn.ops.fused import gla_core_triton as core
+    except ImportError as error:
+        return None, f"fused {'backward' if backward else 'forward'} not importable: {error}"
+    return core, ""
+
+
+def make_call(provider, layer, x, rotations, backward, autocast, core):
+    """A closure running one forward (no grad) or forward+backward of the layer with `provider`."""
+    chunk = layer.chunk_size
+    dy = torch.randn_like(x)
+    context = (lambda: torch.autocast(x.device.type, dtype=torch.bfloat16)) if autocast else contextlib.nullcontext
+
+    def forward():
+        if provider == "reference":
+            return layer(x, rotations)
+        q, v, F = layer.embed(x)
+        if provider == "triton" and not backward:
+            return core(q, v, F, rotations, chunk, x.to(v.dtype), layer.res_scale)
+        return core(q, v, F, rotations, chunk, x, layer.res_scale)
+
+    def call():
+        if backward:
+            layer.zero_grad(set_to_none=True)
+            x.grad = None
+            with context():
+                y = forward()
+            y.backward(dy.to(y.dtype))
+        else:
+            with torch.no_grad(), context():
+                forward()
+    return call
+
+
+def check_flex(device, recorder):
+    """Flex core vs reference core on a fresh tiny input (max relative error into the notes)."""
+    for size in (4, 12):  # nC = 1 (duplicated window) and nC >= 3
+        torch.manual_seed(size)
+        layer = GLA(32, chunk_size=16, backend="reference").to(device).eval()
+        x = torch.randn(1, 32, size, size, device=device)
+        rotations = layer.rotations_for(size * size, device)
+        with torch.no_grad():
+            q, v, F = layer.embed(x)
+            want = reference.gla_core(q.double(), v.double(), F.double(), rotations.double(), 16, x.double(), 1.0)
+            got = FlexCore(device)(q, v, F, rotations, 16, x, 1.0)
+        error = ((got.double() - want).norm() / want.norm()).item()
+        recorder.notes.append(f"Flex core vs float64 reference, {size}x{size}, l=16: relative error {error:.2e}.")
+
+
+def main(argv=None):
+    args = harness.parse_args(__doc__.splitlines()[0], argv)
+    device = harness.select_device(args)
+    recorder = harness.Recorder("bench_gla", args, device)
+    if args.smoke:
+        channels, chunk = 32, 16
+        cases = [("train", 1, 8, 8, True)]
+    else:
+        channels, chunk = 256, 128
+        cases = [("train", 16, 48, 48, True)] + [("infer", 1, s, s, False) for s in (64, 128, 256, 512)]
+    flex_ok, flex_reason = flex_available()
+    flex = FlexCore(device) if flex_ok else None
+    if flex_ok:
+        try:
+            check_flex(device, recorder)
+        except Exception as error:
+            recorder.notes.append(f"Flex check failed: {type(error).__name__}: {error}")
+    torch.manual_seed(0)
+    layer = GLA(channels, chunk_size=chunk, backend="reference").to(device).eval()
+    weight_bytes = sum(p.numel() * 4 for p in layer.parameters())
+    for name, batch, height, width, with_backward in cases:
+        s = harness.gla_shape(batch, height, width, channels, chunk=chunk)
+        x = torch.randn(batch, channels, height, width, device=device)
+        rotations = layer.rotations_for(height * width, device)
+        for autocast in (False, True):
+            dtype = torch.bfloat16 if autocast else torch.float32
+            elem = harness.ELEMENT_BYTES[dtype]
+            for backward in ((False, True) if with_backward else (False,)):
+                case = f"{name}-{'fwdbwd' if backward else 'fwd'}"
+                xb = x.detach().clone().requires_grad_(backward)
+                flops = harness.layer_flops(s, backward)
+                min_bytes = harness.layer_min_bytes(s, elem, weight_bytes, backward)
+                for provider in ("reference", "triton", "flex"):
+                    core, reason = None, ""
+                    if provider == "triton":
+                        core, reason = triton_status(device, backward)
+                    elif provider == "flex":
+                        core, reason = (flex, "") if flex_ok else (None, flex_reason)
+                    if provider != "reference" and core is None:
+                        recorder.skip(case, harness.shape_text(s), provider, dtype, reason)
+                        continue
+                    call = make_call(provider, layer, xb, rotations, backward, autocast, core)
+                    recorder.measure(case, harness.shape_text(s), provider, dtype, call, flops, min_bytes)
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    recorder.write(PAIRS)
+    return recorder
+
+
+if __name__ == "__main__":
+    main()
