@@ -42,6 +42,7 @@ def parse_args(description, argv=None):
     parser.add_argument("--out", default=None, help="results folder (default bench/results/<run-id>)")
     parser.add_argument("--run-id", default=None, help="run id (default: UTC time + git SHA)")
     parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
+    parser.add_argument("--max-batch", type=int, default=256, help="cap of the largest-batch search (bench_dlsn)")
     return parser.parse_args(argv)
 
 
@@ -264,9 +265,10 @@ class Recorder:
                 if provider != fast or (case, shape, dtype, slow) not in keyed:
                     continue
                 other = keyed[(case, shape, dtype, slow)]
-                text = f"- {case}, {shape}, {dtype}: {fast} vs {slow}: {other['ms'] / row['ms']:.2f}x faster"
+                text = (f"- {case}, {shape}, {dtype}: {fast} vs {slow}: time ratio {other['ms'] / row['ms']:.2f}"
+                        " (>1: first is faster)")
                 if row.get("peak_mib") and other.get("peak_mib"):
-                    text += f", {other['peak_mib'] / row['peak_mib']:.2f}x less peak memory"
+                    text += f", peak-memory ratio {other['peak_mib'] / row['peak_mib']:.2f}"
                 lines.append(text)
         return lines
 
