@@ -114,8 +114,9 @@ def upscale_tensor(
     """Super-resolve ``lr`` ``[N, 3, h, w]`` (values in [0, rgb_range]) -> ``[N, 3, s*h, s*w]``.
 
     ``model`` is any callable (an ``nn.Module`` is put in eval mode for the call and restored);
-    the input is cast to the model's parameter dtype and the output returned in that dtype,
-    unclamped. ``tile`` bounds memory (``None``: whole image); ``self_ensemble`` averages the 8
+    the input is cast to the model's parameter dtype and the output returned in that dtype
+    (float32 for a float16/bfloat16 model with ``self_ensemble``, whose mean is accumulated in
+    float32), unclamped. ``tile`` bounds memory (``None``: whole image); ``self_ensemble`` averages the 8
     flips/transposes.
     """
     if not isinstance(lr, torch.Tensor) or lr.dim() != 4:

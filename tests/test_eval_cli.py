@@ -126,3 +126,11 @@ def test_upscale_bad_input(tmp_path, checkpoint, capsys):
     write_image(tmp_path / "ok.png", torch.rand(3, 8, 8))
     _fails(["upscale", str(tmp_path / "ok.png"), "-o", str(tmp_path / "o"), "--checkpoint", str(checkpoint),
             "--scale", "2", "--half", "--device", "cpu"], capsys, "--half needs a CUDA device")
+
+
+def test_upscale_images_smaller_than_chunk_and_tile(tmp_path, checkpoint):
+    # 1x2 pixels: far fewer positions than the chunk size (16) and smaller than the tile.
+    write_image(tmp_path / "tiny.png", torch.rand(3, 1, 2))
+    assert main(["upscale", str(tmp_path / "tiny.png"), "-o", str(tmp_path / "big.png"), "--checkpoint",
+                 str(checkpoint), "--scale", "2", "--tile", "64"]) == 0
+    assert Image.open(tmp_path / "big.png").size == (4, 2)
