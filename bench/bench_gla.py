@@ -172,6 +172,8 @@ def main(argv=None):
                         core, reason = triton_status(device, backward)
                     elif provider == "flex":
                         core, reason = (flex, "") if flex_ok else (None, flex_reason)
+                        if core is not None and backward and device.type != "cuda":
+                            core, reason = None, "FlexAttention has no backward on CPU"
                     if provider != "reference" and core is None:
                         recorder.skip(case, harness.shape_text(s), provider, dtype, reason)
                         continue

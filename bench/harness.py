@@ -73,9 +73,13 @@ def environment(device):
             driver = "unknown"
     else:
         gpu, driver = "cpu", "none"
-    tf32 = torch.backends.cuda.matmul.allow_tf32 or torch.backends.cudnn.allow_tf32
+    if device.type == "cuda":
+        tf32 = (f"matmul={'on' if torch.backends.cuda.matmul.allow_tf32 else 'off'} "
+                f"cudnn={'on' if torch.backends.cudnn.allow_tf32 else 'off'}")
+    else:
+        tf32 = "n/a (cpu)"
     return {"gpu": gpu, "driver": driver, "torch": torch.__version__, "triton": triton_version(),
-            "git_sha": git_sha(), "tf32": "on" if tf32 and device.type == "cuda" else "off"}
+            "git_sha": git_sha(), "tf32": tf32}
 
 
 def select_device(args):

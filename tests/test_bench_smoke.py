@@ -1,0 +1,69 @@
+"""Every bench script runs with --smoke (tiny shapes; Triton on the CPU interpreter without CUDA) and
+writes a CSV with the documented columns and a row per provider, plus a markdown summary."""
+import csv
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCH = os.path.join(ROOT, "bench")
+sys.path.insert(0, BENCH)
+from harness import COLUMNS  # noqa: E402
+
+EXPECTED = {
+    "bench_gla": {"train-fwd": {"reference", "triton", "flex"}, "train-fwdbwd": {"reference", "triton", "flex"}},
+    "bench_stages": {"hash": {"reference", "triton"}, "sort": {"reference", "triton", "torch.sort", "torch.argsort"},
+                     "attention": {"reference", "triton"}, "scatter-back": {"reference", "triton"},
+                     "fc": {"reference"}, "attention-bwd": {"reference", "triton"}},
+    "bench_scaling": {"infer-fwd": {"reference", "triton"}},
+    "bench_dlsn": {"train-step": {"reference", "triton"}, "infer-x2": {"reference", "triton"}},
+}
+
+# fused paths that exist now: a smoke run where they fail is a failure, not a skipped row
+MUST_RUN = {
+    "bench_gla": {("train-fwd", "triton"), ("train-fwdbwd", "triton"), ("train-fwd", "flex")},
+    "bench_stages": {("hash", "triton"), ("sort", "triton"), ("attention", "triton"), ("attention-bwd", "triton")},
+    "bench_scaling": {("infer-fwd", "triton")},
+    "bench_dlsn": {("infer-x2", "triton")},
+}
+
+
+def run_smoke(script, out):
+    env = dict(os.environ)
+    if not torch.cuda.is_available():
+        env["TRITON_INTERPRET"] = "1"
+    result = subprocess.run([sys.executable, os.path.join(BENCH, f"{script}.py"), "--smoke", "--out", str(out),
+                             "--run-id", "smoke"], capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    return result
+
+
+@pytest.mark.parametrize("script", sorted(EXPECTED))
+def test_bench_smoke(script, tmp_path):
+    run_smoke(script, tmp_path)
+    with open(tmp_path / f"{script}.csv", newline="") as handle:
+        reader = csv.DictReader(handle)
+        assert reader.fieldnames == COLUMNS
+        rows = list(reader)
+    for case, providers in EXPECTED[script].items():
+        for dtype in {r["dtype"] for r in rows}:
+            got = {r["provider"] for r in rows if r["case"] == case and r["dtype"] == dtype}
+            assert got == providers, (case, dtype, got)
+    for row in rows:
+        assert row["run_id"] == "smoke" and row["script"] == script
+        assert row["status"] in ("ok", "skipped", "error", "oom"), row
+        if row["status"] == "ok":
+            assert float(row["ms"]) > 0 and row["timer"] in ("cpu-perf_counter", "cuda-do_bench-median"), row
+        else:
+            assert row["reason"], row  # a row that did not run says why
+    for case, provider in MUST_RUN[script]:
+        statuses = {r["status"] for r in rows if r["case"] == case and r["provider"] == provider}
+        assert statuses == {"ok"}, (case, provider, [r["reason"] for r in rows if r["case"] == case and r["provider"] == provider])
+    # the reference path runs everywhere: a smoke run that measured nothing would be a failure
+    assert any(r["provider"] == "reference" and r["status"] == "ok" for r in rows)
+    markdown = (tmp_path / f"{script}.md").read_text()
+    assert "| case | shape | dtype | provider | status | ms |" in markdown
+    assert markdown.count("\n| ") - 1 == len(rows)
