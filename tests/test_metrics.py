@@ -1,6 +1,4 @@
 import math
-import os
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,8 +8,6 @@ from dlsn.degradations import bicubic_down, blur_down, crop_to_scale
 from dlsn.imageio import read_image
 from dlsn.imresize import imresize
 from dlsn.metrics import calc_psnr, calc_ssim, quantize, rgb_to_y
-
-SET5 = Path(os.environ.get("DLSN_SET5", Path(__file__).resolve().parents[2] / "shared" / "data" / "Set5"))
 
 # Published bicubic baselines on Set5 (RCAN / RDN tables).
 PUBLISHED_BI = {2: (33.66, 0.9299), 3: (30.39, 0.8682), 4: (28.42, 0.8104)}
@@ -93,11 +89,10 @@ def test_ssim_needs_11_pixels():
         calc_ssim(torch.rand(3, 12, 12), torch.rand(3, 12, 12), 2)
 
 
-def _set5_baseline(scale, degrade):
-    if not SET5.is_dir():
-        pytest.skip(f"Set5 not found at {SET5} (set DLSN_SET5)")
-    files = sorted(SET5.glob("*.png"))
-    assert len(files) == 5, f"expected the 5 Set5 images in {SET5}, found {len(files)}"
+def _set5_baseline(set5_dir, scale, degrade):
+    # set5_dir (tests/conftest.py): ../shared/data/Set5 or $DLSN_SET5; skipped only where absent.
+    files = sorted(set5_dir.glob("*.png"))
+    assert len(files) == 5, f"expected the 5 Set5 images in {set5_dir}, found {len(files)}"
     psnrs, ssims = [], []
     for path in files:
         hr = crop_to_scale(read_image(path).double(), scale)
@@ -108,14 +103,14 @@ def _set5_baseline(scale, degrade):
 
 
 @pytest.mark.parametrize("scale", [2, 3, 4])
-def test_set5_bicubic_baseline_reproduces_published(scale):
-    psnr, ssim = _set5_baseline(scale, bicubic_down)
+def test_set5_bicubic_baseline_reproduces_published(set5_dir, scale):
+    psnr, ssim = _set5_baseline(set5_dir, scale, bicubic_down)
     want_psnr, want_ssim = PUBLISHED_BI[scale]
     assert abs(psnr - want_psnr) <= 0.05, f"x{scale} PSNR {psnr:.3f} vs published {want_psnr}"
     assert abs(ssim - want_ssim) <= 0.002, f"x{scale} SSIM {ssim:.4f} vs published {want_ssim}"
 
 
-def test_set5_bd_bicubic_baseline_reproduces_published():
-    psnr, ssim = _set5_baseline(3, blur_down)
+def test_set5_bd_bicubic_baseline_reproduces_published(set5_dir):
+    psnr, ssim = _set5_baseline(set5_dir, 3, blur_down)
     assert abs(psnr - PUBLISHED_BD_X3[0]) <= 0.05, f"BD x3 PSNR {psnr:.3f} vs published {PUBLISHED_BD_X3[0]}"
     assert abs(ssim - PUBLISHED_BD_X3[1]) <= 0.002, f"BD x3 SSIM {ssim:.4f} vs published {PUBLISHED_BD_X3[1]}"
