@@ -291,8 +291,10 @@ def window_attn_bwd(q, v, F, perm, inv, g, D, LSE, chunk_size):
     block_d = max(16, triton.next_power_of_2(match_channels))
     LSE, D = LSE.to(acc_dtype), D.to(acc_dtype)
     shape_args = (length, padded_length, n_chunks, n_hashes, match_channels, value_channels, KEY_NORM_EPS)
+    # Untuned (no GPU was available): the key-side dkey/dF program holds about eight
+    # BLOCK_N x 64 float32 tiles, so 64-row blocks get 8 warps.
     blocks = dict(CHUNK=chunk_size, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d, BLOCK_C=block_c,
-                  ACC=acc, UPCAST=upcast)
+                  ACC=acc, UPCAST=upcast, num_warps=8 if block_n >= 64 else 4)
     new = dict(device=q.device, dtype=acc_dtype)
     dv_slot = torch.empty((n_batch, n_hashes, padded_length, value_channels), **new)
     dkey_slot = torch.empty((n_batch, n_hashes, padded_length, block_d), **new)

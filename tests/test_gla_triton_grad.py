@@ -221,3 +221,23 @@ def test_bad_input_raises_before_launch():
         gla_attention(q, v, F, perm, inv, x[:, :8], 16, 1.0)
     with pytest.raises(ValueError, match="chunk_size"):
         gla_attention(q, v, F, perm, inv, x, 24, 1.0)
+
+
+def test_opcheck_forward_and_backward_ops():
+    """Schema, fake tensors, autograd registration and AOT dispatch of both custom ops (the ops are
+    opaque to tracing, so this works under the interpreter too)."""
+    torch.manual_seed(0)
+    n, C, H, W, c, chunk_size, h = 1, 8, 4, 5, 4, 16, 2
+    length = H * W
+    q = torch.randn(n, length, c, device=DEVICE, requires_grad=True)
+    v = torch.randn(n, length, C, device=DEVICE, requires_grad=True)
+    F = torch.randn(n, length, chunk_size, device=DEVICE, requires_grad=True)
+    x = torch.randn(n, C, H, W, device=DEVICE, requires_grad=True)
+    perm, inv = reference.sort_permutation(torch.randint(0, 2, (n, h, length), device=DEVICE), chunk_size)
+    perm, inv = perm.int(), inv.int()
+    torch.library.opcheck(torch.ops.dlsn.gla_attention_fwd.default, (q, v, F, perm, inv, x, chunk_size, 0.5))
+    detached = [t.detach() for t in (q, v, F, x)]
+    _, out, LSE = torch.ops.dlsn.gla_attention_fwd(*detached[:3], perm, inv, detached[3], chunk_size, 0.5)
+    grad_y = torch.randn(n, C, H, W, device=DEVICE)
+    torch.library.opcheck(torch.ops.dlsn.gla_attention_bwd.default,
+                          (grad_y, *detached[:3], perm, inv, out, LSE, chunk_size, 0.5))
