@@ -60,7 +60,7 @@ def add_demo_arguments(parser: argparse.ArgumentParser):
     parser.add_argument("overrides", nargs="*", metavar="section.key=value", help="config overrides")
 
 
-def _scores(model, pairs, device):
+def _scores(model, pairs, device, rgb_range):
     from .inference import upscale_tensor
     from .metrics import calc_psnr, calc_ssim
 
@@ -68,7 +68,8 @@ def _scores(model, pairs, device):
     with torch.no_grad():
         for name, (lr, hr) in zip(pairs.names, pairs):
             bicubic = imresize(lr.unsqueeze(0), scale=SCALE).clamp(0, 1)
-            sr = upscale_tensor(model, lr.unsqueeze(0).to(device), SCALE).float().cpu().clamp(0, 1)
+            sr = upscale_tensor(model, lr.unsqueeze(0).to(device) * rgb_range, SCALE).float().cpu() / rgb_range
+            sr = sr.clamp(0, 1)
             hr = hr.unsqueeze(0)
             rows.append({"image": name,
                          "bicubic_psnr": calc_psnr(bicubic, hr, SCALE), "bicubic_ssim": calc_ssim(bicubic, hr, SCALE),
@@ -142,12 +143,12 @@ def run_demo(args) -> int:
     device = next(model.parameters()).device
     trained = time.time()
 
-    rows, outputs = _scores(model, held_out, device)
+    rows, outputs = _scores(model, held_out, device, cfg.model.rgb_range)
     mean = _print_table("held-out photographs", rows)
     report = {"held_out": rows, "held_out_mean": mean, "train_seconds": round(trained - started, 1),
               "iterations": result["iteration"]}
     if benchmark is not None:
-        bench_rows, _ = _scores(model, benchmark, device)
+        bench_rows, _ = _scores(model, benchmark, device, cfg.model.rgb_range)
         report["benchmark"] = bench_rows
         report["benchmark_mean"] = _print_table(f"benchmark {args.data}", bench_rows)
 

@@ -320,6 +320,7 @@ def train(cfg: Config, resume=None, pairs=None, val_pairs=None, stop_at=None, st
         if main and not quiet:
             print(f"resumed from {path} at iteration {iteration}")
 
+    start = iteration
     train_pairs = pairs if pairs is not None else _training_pairs(cfg)
     if val_pairs is None and cfg.data.val_dir and cfg.log.val_every:
         val_pairs = benchmark_pairs(cfg.data.val_dir, cfg.model.scale, cfg.data.val_max_images)
@@ -361,7 +362,6 @@ def train(cfg: Config, resume=None, pairs=None, val_pairs=None, stop_at=None, st
     if _in_main_thread():
         previous_handler = signal.signal(signal.SIGINT, lambda *_: interrupted.append(True))
 
-    start = iteration
     loss_value, val_psnr = float("nan"), None
     progress = None
     if main and cfg.log.progress and not quiet:
