@@ -65,6 +65,7 @@ SHAPES = [
     (2, 2, 45, 8, 24, 16, 4),    # batch 2, nC = 3
     (1, 1, 40, 4, 80, 32, 2),    # chunk 32, C = 80: two value tiles, the second masked
     (1, 1, 150, 8, 16, 128, 2),  # chunk 128: two query and key blocks per chunk
+    (1, 2, 20, 8, 16, 256, 2),   # chunk 256, L < l: four blocks per chunk, wrapped padding
 ]
 
 
