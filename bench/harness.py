@@ -47,6 +47,9 @@ def parse_args(description, argv=None):
 
 
 def git_sha():
+    """HEAD's SHA; DLSN_GIT_SHA overrides it (a device machine gets the tree without .git)."""
+    if os.environ.get("DLSN_GIT_SHA"):
+        return os.environ["DLSN_GIT_SHA"]
     try:
         return subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True,
                               cwd=os.path.dirname(os.path.abspath(__file__)), timeout=10).stdout.strip() or "unknown"
@@ -203,20 +206,30 @@ def layer_min_bytes(s, elem, weight_bytes, backward=False):
 
 # ---- results -------------------------------------------------------------------------------------
 
+def default_run_id():
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + git_sha()
+
+
+def default_out(run_id):
+    return os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", run_id)
+
+
 class Recorder:
     """Collects rows of one script's run and writes `<script>.csv` and `<script>.md` into the run folder."""
 
     def __init__(self, script, args, device):
         self.script, self.args, self.device = script, args, device
         self.env = environment(device)
-        self.run_id = args.run_id or (datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-                                      + "-" + self.env["git_sha"])
-        root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
-        self.out = args.out or os.path.join(root, self.run_id)
+        self.run_id = args.run_id or default_run_id()
+        self.out = args.out or default_out(self.run_id)
         os.makedirs(self.out, exist_ok=True)
         self.rows = []
         self.notes = []
         self.ceilings = measure_ceilings(device, args.smoke)
+        for provider, key, column in (("device-copy", "copy_gbps", "gbps"), ("bf16-matmul", "bf16_tflops", "tflops")):
+            row = self._base("ceiling", "2 GiB copy" if key == "copy_gbps" else "8192^3", provider, "")
+            row.update(status="ok", reason="", timer="", **{column: self.ceilings[key]})
+            self.rows.append(row)
         self.notes.append(f"Ceilings measured in this run on {self.env['gpu']}: copy "
                           f"{self.ceilings['copy_gbps']:.1f} GB/s, bf16 matmul {self.ceilings['bf16_tflops']:.2f} TFLOP/s.")
         if device.type != "cuda":
@@ -258,23 +271,11 @@ class Recorder:
         return row
 
     def ok_rows(self, case=None):
-        return [r for r in self.rows if r["status"] == "ok" and (case is None or r["case"] == case)]
+        return [r for r in self.rows if r["status"] == "ok" and r["case"] != "ceiling"
+                and (case is None or r["case"] == case)]
 
     def ratio_lines(self, pairs):
-        """Markdown lines `a vs b: time ratio, memory ratio` for every (case, shape, dtype) with both."""
-        lines = []
-        keyed = {(r["case"], r["shape"], r["dtype"], r["provider"]): r for r in self.ok_rows()}
-        for (case, shape, dtype, provider), row in keyed.items():
-            for fast, slow in pairs:
-                if provider != fast or (case, shape, dtype, slow) not in keyed:
-                    continue
-                other = keyed[(case, shape, dtype, slow)]
-                text = (f"- {case}, {shape}, {dtype}: {fast} vs {slow}: time ratio {other['ms'] / row['ms']:.2f}"
-                        " (>1: first is faster)")
-                if row.get("peak_mib") and other.get("peak_mib"):
-                    text += f", peak-memory ratio {other['peak_mib'] / row['peak_mib']:.2f}"
-                lines.append(text)
-        return lines
+        return ratio_lines(self.ok_rows(), pairs)
 
     def write(self, ratio_pairs=(), extra_lines=()):
         csv_path = os.path.join(self.out, f"{self.script}.csv")
@@ -304,6 +305,28 @@ class Recorder:
             handle.write("\n".join(lines) + "\n")
         print(f"[{self.script}] wrote {csv_path} and {md_path}", flush=True)
         return csv_path, md_path
+
+
+def ratio_lines(rows, pairs):
+    """Markdown lines `a vs b: time ratio, peak-memory ratio` for each (case, shape, dtype) with both.
+
+    rows: ok rows, as recorded or as read back from a CSV (numbers as strings)."""
+    def number(value):
+        return float(value) if value not in (None, "") else None
+    lines = []
+    keyed = {(r["case"], r["shape"], r["dtype"], r["provider"]): r for r in rows if r["case"] != "ceiling"}
+    for (case, shape, dtype, provider), row in keyed.items():
+        for fast, slow in pairs:
+            if provider != fast or (case, shape, dtype, slow) not in keyed:
+                continue
+            other = keyed[(case, shape, dtype, slow)]
+            text = (f"- {case}, {shape}, {dtype}: {fast} vs {slow}: time ratio "
+                    f"{number(other['ms']) / number(row['ms']):.3g} (>1: {fast} is faster)")
+            mine, theirs = number(row.get("peak_mib")), number(other.get("peak_mib"))
+            if mine and theirs:
+                text += f", peak-memory ratio {theirs / mine:.3g} (>1: {fast} uses less)"
+            lines.append(text)
+    return lines
 
 
 def _fmt(value):
