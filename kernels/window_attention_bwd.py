@@ -22,7 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
-KEY_NORM_EPS = 5e-5
+from .window_attention import KEY_NORM_EPS
 
 
 @triton.jit
