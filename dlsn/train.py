@@ -269,6 +269,8 @@ def train(cfg: Config, resume=None, pairs=None, val_pairs=None, stop_at=None, st
     """
     rank, world, local_rank = _distributed()
     device = _device(cfg, local_rank)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)  # NCCL collectives (all_gather_object) use the current device
     out_dir = Path(cfg.log.out_dir)
     main = rank == 0
     t = cfg.train
@@ -412,8 +414,10 @@ def train(cfg: Config, resume=None, pairs=None, val_pairs=None, stop_at=None, st
                 save(iteration)
             if step_callback is not None:
                 step_callback(iteration)
-            stop = _gather(bool(interrupted), world) if world > 1 else [bool(interrupted)]
-            if any(stop):
+            stop = torch.tensor([float(bool(interrupted))], device=device)
+            if world > 1:  # every rank stops at the same step, whichever got the signal
+                dist.all_reduce(stop)
+            if stop.item():
                 path = save(iteration)
                 if main:
                     print(f"\ninterrupted: checkpoint {path} holds {iteration} iterations; "

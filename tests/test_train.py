@@ -163,3 +163,21 @@ def test_ddp_gloo_two_processes(tmp_path, pairs):
     state = final_state(tmp_path, 2)
     assert state["world_size"] == 2 and len(state["rng"]) == 2
     assert not (tmp_path / "checkpoints" / "rank1").exists() and (tmp_path / "log.csv").is_file()
+
+
+def test_validation_is_logged_and_leaves_training_untouched(tmp_path, pairs):
+    train(tiny_config(tmp_path / "plain"), pairs=pairs, quiet=True)
+    cfg = tiny_config(tmp_path / "val")
+    cfg.log.val_every = 3
+    result = train(cfg, pairs=pairs, val_pairs=ImagePairs([hr for _, hr in pairs][:2], 2), quiet=True)
+    rows = (tmp_path / "val" / "log.csv").read_text().splitlines()
+    psnr = [row.split(",")[3] for row in rows[1:]]
+    assert psnr[2] and psnr[5] and not psnr[0]  # iterations 3 and 6
+    assert 5 < float(psnr[5]) < 60 and result["val_psnr"] == pytest.approx(float(psnr[5]))
+    assert_states_equal(final_state(tmp_path / "plain"), final_state(tmp_path / "val"))
+
+
+def test_fp16_autocast_with_grad_scaler(tmp_path, pairs):
+    result = train(tiny_config(tmp_path, amp="fp16", iterations=2, milestones=[1]), pairs=pairs, quiet=True)
+    state = final_state(tmp_path, 2)
+    assert state["scaler"] and torch.isfinite(torch.tensor(result["loss"]))
