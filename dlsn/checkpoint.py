@@ -27,10 +27,12 @@ import torch
 from .model import DLSN, DIV2K_RGB_MEAN, unwrap_state_dict
 
 __all__ = ["CheckpointError", "load_model", "load_state_dict_strict", "infer_architecture", "read_checkpoint",
-           "atomic_save", "save_training_checkpoint", "load_pretrained", "export_safetensors",
+           "atomic_save", "save_training_checkpoint", "save_weights", "load_pretrained", "export_safetensors",
            "rng_state", "set_rng_state", "TRAIN_FORMAT"]
 
 TRAIN_FORMAT = "dlsn-train"
+# Model settings that leave no trace in the weights; stored next to them where we write weights.
+_UNTRACEABLE = {"n_hashes": int, "res_scale": float}
 
 
 class CheckpointError(ValueError):
@@ -43,8 +45,13 @@ def read_checkpoint(path, map_location="cpu"):
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {str(path)!r} not found")
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-        return load_file(str(path), device=str(map_location))
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt", device=str(map_location)) as handle:
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+            metadata = handle.metadata() or {}
+        model = {k: _UNTRACEABLE[k](metadata[k]) for k in _UNTRACEABLE if k in metadata}
+        return {"params": tensors, "config": {"model": model}}
     try:
         return torch.load(str(path), map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises several types for truncated/corrupt/foreign files
@@ -131,9 +138,9 @@ def load_model(path, scale=None, map_location="cpu", prefer_ema=True, **override
     obj = read_checkpoint(path, map_location=map_location)
     state_dict = _model_state(obj, prefer_ema=prefer_ema)
     arch = infer_architecture(state_dict)
-    if isinstance(obj, dict) and obj.get("format") == TRAIN_FORMAT:
-        trained = obj.get("config", {}).get("model", {})
-        arch.update({k: trained[k] for k in ("n_hashes", "res_scale") if k in trained})
+    if isinstance(obj, dict) and isinstance(obj.get("config"), dict):
+        trained = obj["config"].get("model", {})
+        arch.update({k: trained[k] for k in _UNTRACEABLE if k in trained})
     requested = dict(overrides)
     if scale is not None:
         requested["scale"] = scale
@@ -214,19 +221,31 @@ def save_training_checkpoint(path, **fields):
     return atomic_save({"format": TRAIN_FORMAT, **fields}, path)
 
 
+def save_weights(state_dict, model_config, path):
+    """Write final weights as `{"params": state_dict, "config": {"model": model_config}}` atomically;
+    the config keeps `n_hashes`/`res_scale`, which `load_model` cannot read off the tensors."""
+    return atomic_save({"params": {k: v.detach().cpu() for k, v in state_dict.items()},
+                        "config": {"model": dict(model_config)}}, path)
+
+
 def export_safetensors(checkpoint, out, prefer_ema=True):
-    """Write the weights of `checkpoint` (any supported format) to a `.safetensors` file."""
+    """Write the weights of `checkpoint` (any supported format) to a `.safetensors` file; the
+    architecture, `n_hashes` and `res_scale` (when the checkpoint records them) go into its metadata."""
     from safetensors.torch import save_file
 
-    state_dict = _model_state(read_checkpoint(checkpoint), prefer_ema=prefer_ema)
-    infer_architecture(state_dict)  # refuse to export something that is not a DLSN
+    obj = read_checkpoint(checkpoint)
+    state_dict = _model_state(obj, prefer_ema=prefer_ema)
+    metadata = {"format": "dlsn", **{k: str(v) for k, v in infer_architecture(state_dict).items()}}
+    if isinstance(obj, dict) and isinstance(obj.get("config"), dict):
+        trained = obj["config"].get("model", {})
+        metadata.update({k: str(trained[k]) for k in _UNTRACEABLE if k in trained})
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
     fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=str(out.parent))
     os.close(fd)
     try:
-        save_file(tensors, tmp, metadata={"format": "dlsn", **{k: str(v) for k, v in infer_architecture(tensors).items()}})
+        save_file(tensors, tmp, metadata=metadata)
         os.replace(tmp, out)
     except BaseException:
         if os.path.exists(tmp):

@@ -426,7 +426,7 @@ def train(cfg: Config, resume=None, pairs=None, val_pairs=None, stop_at=None, st
         save(iteration)
         if main and iteration == t.iterations:
             final = (ema if ema is not None else model).state_dict()
-            ckpt.atomic_save({k: v.detach().cpu() for k, v in final.items()}, out_dir / "model.pt")
+            ckpt.save_weights(final, config_to_dict(cfg)["model"], out_dir / "model.pt")
     finally:
         if previous_handler is not None:
             signal.signal(signal.SIGINT, previous_handler)

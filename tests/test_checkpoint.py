@@ -145,3 +145,16 @@ def test_export_safetensors_round_trip(tmp_path):
     out = ckpt.export_safetensors(tmp_path / "m.pth", tmp_path / "m.safetensors")
     assert_same_weights(ckpt.load_model(out), model)
     assert sorted(os.listdir(tmp_path)) == ["m.pth", "m.safetensors"]
+
+
+def test_untraceable_settings_travel_with_the_weights(tmp_path):
+    """n_hashes and res_scale are not in the tensors: our weight files and exports record them."""
+    model = small_model(res_scale=1.0, n_hashes=2)
+    ckpt.save_weights(model.state_dict(), dict(res_scale=1.0, n_hashes=2), tmp_path / "model.pt")
+    ckpt.export_safetensors(tmp_path / "model.pt", tmp_path / "model.safetensors")
+    for name in ("model.pt", "model.safetensors"):
+        loaded = ckpt.load_model(tmp_path / name)
+        assert loaded.body[0].res_scale == 1.0 and loaded.gla_layers()[0].n_hashes == 2, name
+        assert_same_weights(loaded, model)
+    torch.save(model.state_dict(), tmp_path / "plain.pth")  # published format: the published values
+    assert ckpt.load_model(tmp_path / "plain.pth").body[0].res_scale == 0.1

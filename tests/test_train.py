@@ -97,7 +97,7 @@ def test_keep_last_prunes_old_checkpoints(tmp_path, pairs):
 
 def test_fine_tune_loads_all_but_the_upsampler(tmp_path, pairs):
     train(tiny_config(tmp_path / "x2"), pairs=pairs, quiet=True)
-    x2_weights = torch.load(tmp_path / "x2" / "model.pt", weights_only=True)
+    x2_weights = torch.load(tmp_path / "x2" / "model.pt", weights_only=True)["params"]
     pairs_x4 = ImagePairs([hr for _, hr in pairs], 4)
     cfg = tiny_config(tmp_path / "x4", pretrained=str(tmp_path / "x2" / "model.pt"), lr=0.0)
     cfg.model.scale, cfg.data.patch_size, cfg.train.iterations, cfg.train.milestones = 4, 8, 1, []
