@@ -65,7 +65,7 @@ def largest_batch(build, device, size, start, limit):
 def main(argv=None):
     args = harness.parse_args(__doc__.splitlines()[0], argv)
     device = harness.select_device(args)
-    recorder = harness.Recorder("bench_dlsn", args, device)
+    recorder = harness.Recorder("bench_dlsn", args, device, PAIRS)
     if args.smoke:
         config = dict(n_resgroups=1, n_resblocks=1, n_feats=16, chunk_size=16)
         batch, patch, infer = 2, 8, 8

@@ -51,7 +51,7 @@ def _series(recorder):
 def main(argv=None):
     args = harness.parse_args(__doc__.splitlines()[0], argv)
     device = harness.select_device(args)
-    recorder = harness.Recorder("bench_scaling", args, device)
+    recorder = harness.Recorder("bench_scaling", args, device, PAIRS)
     if args.smoke:
         channels, chunk, sizes, autocasts = 32, 16, (8, 16), (False,)
     else:

@@ -49,7 +49,7 @@ def backward_stage():
 def main(argv=None):
     args = harness.parse_args(__doc__.splitlines()[0], argv)
     device = harness.select_device(args)
-    recorder = harness.Recorder("bench_stages", args, device)
+    recorder = harness.Recorder("bench_stages", args, device, PAIRS)
     if args.smoke:
         channels, chunk, cases = 32, 16, [(1, 8, 8)]
         dtypes = (torch.float32,)

@@ -36,13 +36,15 @@ COLUMNS = [
 ELEMENT_BYTES = {torch.float32: 4, torch.bfloat16: 2, torch.float16: 2, torch.float64: 8}
 
 
-def parse_args(description, argv=None):
+def parse_args(description, argv=None, flex_all=False):
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--smoke", action="store_true", help="tiny shapes; runs on CPU (Triton under TRITON_INTERPRET=1)")
     parser.add_argument("--out", default=None, help="results folder (default bench/results/<run-id>)")
     parser.add_argument("--run-id", default=None, help="run id (default: UTC time + git SHA)")
     parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     parser.add_argument("--max-batch", type=int, default=256, help="cap of the largest-batch search (bench_dlsn)")
+    if flex_all:
+        parser.add_argument("--flex-all", action="store_true", help="FlexAttention at every shape (bench_gla)")
     return parser.parse_args(argv)
 
 
@@ -217,8 +219,8 @@ def default_out(run_id):
 class Recorder:
     """Collects rows of one script's run and writes `<script>.csv` and `<script>.md` into the run folder."""
 
-    def __init__(self, script, args, device):
-        self.script, self.args, self.device = script, args, device
+    def __init__(self, script, args, device, pairs=()):
+        self.script, self.args, self.device, self.pairs = script, args, device, pairs
         self.env = environment(device)
         self.run_id = args.run_id or default_run_id()
         self.out = args.out or default_out(self.run_id)
@@ -245,6 +247,7 @@ class Recorder:
         row.update(status=status, reason=reason)
         self.rows.append(row)
         print(f"[{self.script}] {case} | {shape} | {provider} | {status}: {reason}", flush=True)
+        self.write(self.pairs, quiet=True)
 
     def measure(self, case, shape, provider, dtype, fn, flops=0, min_bytes=0, memory=True):
         """Time fn (and its peak memory); record a row. fn errors become `error`/`oom` rows."""
@@ -268,6 +271,7 @@ class Recorder:
         self.rows.append(row)
         print(f"[{self.script}] {case} | {shape} | {provider} | {ms:.3f} ms ({timer})"
               + (f" | {mib:.0f} MiB" if mib is not None else ""), flush=True)
+        self.write(self.pairs, quiet=True)  # a run cut short by a timeout keeps its rows
         return row
 
     def ok_rows(self, case=None):
@@ -277,7 +281,7 @@ class Recorder:
     def ratio_lines(self, pairs):
         return ratio_lines(self.ok_rows(), pairs)
 
-    def write(self, ratio_pairs=(), extra_lines=()):
+    def write(self, ratio_pairs=(), extra_lines=(), quiet=False):
         csv_path = os.path.join(self.out, f"{self.script}.csv")
         with open(csv_path, "w", newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=COLUMNS, extrasaction="ignore")
@@ -303,7 +307,8 @@ class Recorder:
         lines += list(extra_lines)
         with open(md_path, "w") as handle:
             handle.write("\n".join(lines) + "\n")
-        print(f"[{self.script}] wrote {csv_path} and {md_path}", flush=True)
+        if not quiet:
+            print(f"[{self.script}] wrote {csv_path} and {md_path}", flush=True)
         return csv_path, md_path
 
 
