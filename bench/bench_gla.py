@@ -35,9 +35,10 @@ def flex_available():
 class FlexCore:
     """GLA attention core on FlexAttention; block masks cached per (N, h, Lp, l)."""
 
-    def __init__(self, device):
+    def __init__(self, device, compiled=True):
         from torch.nn.attention.flex_attention import flex_attention
-        self.attend = torch.compile(flex_attention, dynamic=False) if device.type == "cuda" else flex_attention
+        compiled = compiled and device.type == "cuda"  # compiled flex on CPU has no return_lse
+        self.attend = torch.compile(flex_attention, dynamic=False) if compiled else flex_attention
         self.masks = {}
 
     def window(self, padded, chunk, device):
@@ -138,15 +139,24 @@ def check_flex(device, recorder):
         with torch.no_grad():
             q, v, F = layer.embed(x)
             want = reference.gla_core(q.double(), v.double(), F.double(), rotations.double(), 16, x.double(), 1.0)
-            got = FlexCore(device)(q, v, F, rotations, 16, x, 1.0)
+            got = FlexCore(device, compiled=False)(q, v, F, rotations, 16, x, 1.0)
         error = ((got.double() - want).norm() / want.norm()).item()
         n_chunks = -(-size * size // 16)
-        block_rows = FlexCore(device).window(n_chunks * 16, 16, device)[0].to_dense()[0, 0].cpu()
+        block_rows = FlexCore(device, compiled=False).window(n_chunks * 16, 16, device)[0].to_dense()[0, 0].cpu()
         offsets = (torch.arange(n_chunks)[None, :] - torch.arange(n_chunks)[:, None]) % n_chunks
         window = (offsets == 0) | (offsets == 1) | (offsets == n_chunks - 1)
         if not torch.equal(block_rows.bool(), window):
             raise AssertionError(f"flex block mask is not the 3-chunk window for nC = {n_chunks}")
         recorder.notes.append(f"Flex core vs float64 reference, {size}x{size}, l=16: relative error {error:.2e}.")
+
+
+def validate_flex(layer, x, rotations, flex):
+    """Relative error of the (compiled) flex layer output against the reference layer at this shape."""
+    with torch.no_grad():
+        want = layer(x, rotations).double()
+        q, v, F = layer.embed(x)
+        got = flex(q, v, F, rotations, layer.chunk_size, x, layer.res_scale).double()
+    return ((got - want).norm() / want.norm()).item()
 
 
 def main(argv=None):
@@ -171,6 +181,7 @@ def main(argv=None):
     torch.manual_seed(0)
     layer = GLA(channels, chunk_size=chunk, backend="reference").to(device).eval()
     weight_bytes = sum(p.numel() * 4 for p in layer.parameters())
+    flex_checked = {}
     for name, batch, height, width, with_backward in cases:
         s = harness.gla_shape(batch, height, width, channels, chunk=chunk)
         x = torch.randn(batch, channels, height, width, device=device)
@@ -193,6 +204,16 @@ def main(argv=None):
                             core, reason = None, "FlexAttention has no backward on CPU"
                         if core is not None and not args.smoke and not args.flex_all and name == "infer" and height != 256:
                             core, reason = None, "flex runs at the training shape and 256x256 only (one compile per shape; --flex-all runs all)"
+                    if provider == "flex" and core is not None and (name, height) not in flex_checked:
+                        try:  # the compiled kernel that is timed must compute the same function
+                            flex_checked[(name, height)] = validate_flex(layer, x, rotations, core)
+                            recorder.notes.append(f"flex vs reference layer output, {harness.shape_text(s)}, "
+                                                  f"float32: relative error {flex_checked[(name, height)]:.2e}")
+                        except Exception as error:
+                            flex_checked[(name, height)] = f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
+                    check = flex_checked.get((name, height)) if provider == "flex" else None
+                    if isinstance(check, str) or (check is not None and check > 1e-3):
+                        core, reason = None, f"flex output check failed at this shape: {check}"
                     if provider != "reference" and core is None:
                         recorder.skip(case, harness.shape_text(s), provider, dtype, reason)
                         continue
