@@ -14,7 +14,6 @@ Providers (the whole layer: embeddings + attention core, fixed eval rotations):
   `return_lse`, then the reference round merge. Compiled with `torch.compile` on CUDA.
 """
 import contextlib
-import math
 
 import harness
 import torch
@@ -26,7 +25,7 @@ PAIRS = (("triton", "reference"), ("triton", "flex"))
 
 def flex_available():
     try:
-        from torch.nn.attention.flex_attention import create_block_mask, flex_attention  # noqa: F401
+        from torch.nn.attention.flex_attention import BlockMask, flex_attention  # noqa: F401
         return True, ""
     except ImportError as error:
         return False, f"torch {torch.__version__} has no FlexAttention ({error})"

@@ -78,10 +78,8 @@ def main(argv=None):
         for dtype in dtypes:
             elem = harness.ELEMENT_BYTES[dtype]
             q, v, F, x = (t.to(dtype).contiguous() for t in (q32, v32, F32, x32))
-            rec = lambda *a, **k: recorder.measure(*a, **k)  # noqa: E731
-            nograd = torch.no_grad()
-            nograd.__enter__()
-            try:
+            rec = recorder.measure
+            with torch.no_grad():
                 # hash: read q, write int32 codes
                 hb = elem * n_l * s["c"] + 4 * s["N"] * s["h"] * s["L"]
                 rec("hash", shape, "reference", dtype, lambda: reference.hash_codes(q, rotations),
@@ -131,8 +129,6 @@ def main(argv=None):
                 with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
                     rec("fc", shape, "reference", dtype, lambda: fc(rows),
                         2 * n_l * (s["C"] * s["l"] + s["l"] * s["l"]), fb)
-            finally:
-                nograd.__exit__(None, None, None)
             # attention backward (fused): dq, dv, dF from dy
             if bwd_ops:
                 fwd_op, bwd_op = bwd_ops
