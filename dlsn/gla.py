@@ -155,6 +155,12 @@ class GLA(nn.Module):
         q, v, learned = self.embed(x)
         if backend == "triton":
             from .ops.fused import gla_core_triton
+            from .ops.fused_grad import gla_core_triton_grad
 
+            # The differentiable op also covers autocast (x in float32, embeddings in 16 bit);
+            # the forward-only pipeline skips saving what backward needs.
+            needs_graph = torch.is_grad_enabled() and any(t.requires_grad for t in (x, q, v, learned))
+            if needs_graph or x.dtype != v.dtype:
+                return gla_core_triton_grad(q, v, learned, rotations, self.chunk_size, x, self.res_scale)
             return gla_core_triton(q, v, learned, rotations, self.chunk_size, x, self.res_scale)
         return reference.gla_core(q, v, learned, rotations, self.chunk_size, x, self.res_scale)

@@ -7,10 +7,7 @@
   N * L * max(C, l) or N * h * Lp, i.e. nothing with a 3l or l x 3l factor; bytes printed next to
   the reference's.
 - determinism, and a few optimiser steps of a small DLSN on the fused path tracking the reference.
-
-`dlsn.GLA(backend="triton")` itself runs the forward-only `gla_core_triton`; until it routes grad-mode
-calls through `gla_core_triton_grad`, the module-level tests here patch that routing in (see
-`fused_backend`), so they test exactly the function the module will call.
+`dlsn.GLA(backend="triton")` routes grad-mode and autocast calls through `gla_core_triton_grad`.
 """
 import copy
 import os
@@ -24,16 +21,9 @@ import pytest  # noqa: E402
 
 import dlsn  # noqa: E402
 from dlsn import reference  # noqa: E402
-from dlsn.ops import fused  # noqa: E402
-from dlsn.ops.fused_grad import gla_attention, gla_core_triton_grad  # noqa: E402
+from dlsn.ops.fused_grad import gla_attention  # noqa: E402
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-@pytest.fixture
-def fused_backend(monkeypatch):
-    """Route GLA(backend="triton") through the differentiable fused op when it would refuse grad."""
-    monkeypatch.setattr(fused, "gla_core_triton", gla_core_triton_grad)
 
 
 def make_gla(C, chunk_size, h, seed):
@@ -148,7 +138,7 @@ def saved_tensors_of(fn, parameters):
     return list(saved.values())
 
 
-def test_fused_call_saves_no_window_sized_tensor(fused_backend, capsys):
+def test_fused_call_saves_no_window_sized_tensor(capsys):
     n, C, H, W, chunk_size, h = 1, 16, 5, 7, 16, 2
     length = H * W
     padded_length = length + (-length) % chunk_size
@@ -180,7 +170,7 @@ def numel_of(shape):
     return result
 
 
-def test_dlsn_optimiser_steps_track_reference(fused_backend):
+def test_dlsn_optimiser_steps_track_reference():
     def train(backend):
         torch.manual_seed(0)
         model = dlsn.DLSN(scale=2, n_resgroups=1, n_resblocks=1, n_feats=16, reduction=4, chunk_size=16,
