@@ -26,6 +26,13 @@ KEY_NORM_EPS = 5e-5
 
 
 @triton.jit
+def _key_chunk_of_listing(query_chunk, listing, n_chunks):
+    """Chunk listed `listing` = 0, 1, 2 in the window of `query_chunk`: k, k + 1, k - 1 (mod nC),
+    the published window order."""
+    return (query_chunk + listing - 3 * (listing // 2) + n_chunks) % n_chunks
+
+
+@triton.jit
 def _dot(a, b, UPCAST: tl.constexpr):
     """a @ b with float32 accumulation; operands in their own dtype (float32: "ieee", no TF32).
 
@@ -72,12 +79,10 @@ def _window_attn_fwd_kernel(
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_C], tl.float32)
-    # One flat loop over the 3 * CHUNK / BLOCK_N key blocks of the window; w = 0, 1, 2 -> chunk
-    # k, k + 1, k - 1 (mod nC), the published window order.
+    # One flat loop over the 3 * CHUNK / BLOCK_N key blocks of the window.
     blocks_per_chunk: tl.constexpr = CHUNK // BLOCK_N
     for key_block in range(3 * blocks_per_chunk):
-        w = key_block // blocks_per_chunk
-        key_chunk = (chunk + w - 3 * (w // 2) + n_chunks) % n_chunks
+        key_chunk = _key_chunk_of_listing(chunk, key_block // blocks_per_chunk, n_chunks)
         key_slot = key_chunk * CHUNK + (key_block % blocks_per_chunk) * BLOCK_N + tl.arange(0, BLOCK_N)
         key_pos = tl.load(perm_row + key_slot).to(tl.int64)
         key = tl.load(q_rows + key_pos[:, None] * match_channels + dims[None, :],

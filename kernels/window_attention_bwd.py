@@ -22,7 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .window_attention import KEY_NORM_EPS
+from .window_attention import KEY_NORM_EPS, _key_chunk_of_listing
 
 
 @triton.jit
@@ -202,8 +202,7 @@ def _window_attn_bwd_dq_kernel(
     dq = tl.zeros([BLOCK_M, BLOCK_D], ACC)
     blocks_per_chunk: tl.constexpr = CHUNK // BLOCK_N
     for key_block in range(3 * blocks_per_chunk):
-        listing = key_block // blocks_per_chunk
-        key_chunk = (query_chunk + listing - 3 * (listing // 2) + n_chunks) % n_chunks
+        key_chunk = _key_chunk_of_listing(query_chunk, key_block // blocks_per_chunk, n_chunks)
         key_slot = key_chunk * CHUNK + (key_block % blocks_per_chunk) * BLOCK_N + tl.arange(0, BLOCK_N)
         key_pos = tl.load(perm_row + key_slot).to(tl.int64)
         key = _load_keys(q_rows, key_pos, dims, dim_mask, match_channels, key_norm_eps, ACC)
