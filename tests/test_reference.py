@@ -123,7 +123,7 @@ def test_stable_sort_keeps_position_order_within_a_bucket_and_pads_by_wrapping()
     assert perm.tolist() == [[[0, 1, 2, 1, 2, 0, 1, 2]]]  # p = 5 > L = 3 wraps: (t - 5) mod 3
 
 
-def test_n_buckets_follows_the_contract():
+def test_n_buckets_follows_the_definition():
     assert reference.n_buckets(5, 128) == 1
     assert reference.n_buckets(128, 128) == 2  # 1 + 1 % 2
     assert reference.n_buckets(256, 128) == 2
