@@ -22,52 +22,27 @@ import torch
 import triton
 import triton.language as tl
 
-KEY_NORM_EPS = 5e-5
-
-
-@triton.jit
-def _key_chunk_of_listing(query_chunk, listing, n_chunks):
-    """Chunk listed `listing` = 0, 1, 2 in the window of `query_chunk`: k, k + 1, k - 1 (mod nC),
-    the published window order."""
-    return (query_chunk + listing - 3 * (listing // 2) + n_chunks) % n_chunks
-
-
-@triton.jit
-def _dot(a, b, UPCAST: tl.constexpr):
-    """a @ b with float32 accumulation; operands in their own dtype (float32: "ieee", no TF32).
-
-    UPCAST multiplies float32 copies of the operands instead: exact products and float32 sums of
-    the same values, which is what the 16-bit tensor-core dot computes. The launcher sets it only
-    for bfloat16 on the CPU interpreter, whose dot multiplies bfloat16 operands as raw uint16 bits.
-    """
-    if UPCAST:
-        result = tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
-    else:
-        result = tl.dot(a, b, input_precision="ieee")
-    return result
+from .window_common import key_chunk_of_listing, load_keys, round_rows, window_dot, window_scores
 
 
 @triton.jit
 def _window_attn_fwd_kernel(
     Q, V, F, PERM, O, LSE,
-    length, padded_length, n_chunks, n_hashes, match_channels, value_channels, key_norm_eps,
+    length, padded_length, n_chunks, n_hashes, match_channels, value_channels,
     CHUNK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_D: tl.constexpr, BLOCK_C: tl.constexpr, UPCAST_DOT: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_C: tl.constexpr, PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr,
 ):
     """Grid: (query tiles = nC * CHUNK / BLOCK_M, N * h, value-dim tiles)."""
     pid_m = tl.program_id(0)
     nr = tl.program_id(1).to(tl.int64)
     pid_c = tl.program_id(2)
-    n = nr // n_hashes
     tiles_per_chunk: tl.constexpr = CHUNK // BLOCK_M
     chunk = pid_m // tiles_per_chunk
     query_in_chunk = (pid_m % tiles_per_chunk) * BLOCK_M + tl.arange(0, BLOCK_M)
     query_slot = chunk * CHUNK + query_in_chunk
 
-    perm_row = PERM + nr * padded_length
-    q_rows = Q + n * length * match_channels
-    v_rows = V + n * length * value_channels
-    f_rows = F + n * length * CHUNK
+    _, perm_row, q_rows, v_rows, f_rows = round_rows(Q, V, F, PERM, nr, n_hashes, length, padded_length,
+                                                     match_channels, value_channels, CHUNK)
     dims = tl.arange(0, BLOCK_D)
     dim_mask = dims < match_channels
     cols = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
@@ -82,21 +57,17 @@ def _window_attn_fwd_kernel(
     # One flat loop over the 3 * CHUNK / BLOCK_N key blocks of the window.
     blocks_per_chunk: tl.constexpr = CHUNK // BLOCK_N
     for key_block in range(3 * blocks_per_chunk):
-        key_chunk = _key_chunk_of_listing(chunk, key_block // blocks_per_chunk, n_chunks)
+        key_chunk = key_chunk_of_listing(chunk, key_block // blocks_per_chunk, n_chunks)
         key_slot = key_chunk * CHUNK + (key_block % blocks_per_chunk) * BLOCK_N + tl.arange(0, BLOCK_N)
         key_pos = tl.load(perm_row + key_slot).to(tl.int64)
-        key = tl.load(q_rows + key_pos[:, None] * match_channels + dims[None, :],
-                      mask=dim_mask[None, :], other=0.0).to(tl.float32)
-        key_norm = tl.sqrt(tl.sum(key * key, axis=1))
-        key = key / tl.maximum(key_norm, key_norm_eps)[:, None]
-        scores = _dot(q, tl.trans(key.to(q.dtype)), UPCAST_DOT)
-        scores += tl.load(f_rows + key_pos[None, :] * CHUNK + query_in_chunk[:, None]).to(tl.float32)
+        key = load_keys(q_rows, key_pos, dims, dim_mask, match_channels, tl.float32)
+        scores = window_scores(q, key, f_rows, key_pos, query_in_chunk, CHUNK, PRECISION, UPCAST_DOT, tl.float32)
         m_new = tl.maximum(m_i, tl.max(scores, axis=1))
         alpha = tl.exp(m_i - m_new)
         p = tl.exp(scores - m_new[:, None])
         l_i = l_i * alpha + tl.sum(p, axis=1)
         v = tl.load(v_rows + key_pos[:, None] * value_channels + cols[None, :], mask=col_mask[None, :], other=0.0)
-        acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, UPCAST_DOT)
+        acc = acc * alpha[:, None] + window_dot(p.to(v.dtype), v, PRECISION, UPCAST_DOT, tl.float32)
         m_i = m_new
 
     query_mask = query_slot < length
@@ -123,9 +94,10 @@ def _launch_config(dtype, chunk_size, value_channels):
     return block_m, block_n, block_c, num_warps
 
 
-def window_attn_fwd(q, v, F, perm, chunk_size):
+def window_attn_fwd(q, v, F, perm, chunk_size, precision="ieee"):
     """q [N, L, c], v [N, L, C], F [N, L, l] (one float dtype, contiguous), perm [N, h, Lp] int32
-    -> (O [N, h, L, C] in v's dtype, lse [N, h, L] float32)."""
+    -> (O [N, h, L, C] in v's dtype, lse [N, h, L] float32). `precision` ("ieee", "tf32",
+    "tf32x3") is the float32 dots' input precision."""
     n_batch, length, match_channels = q.shape
     value_channels = v.shape[-1]
     _, n_hashes, padded_length = perm.shape
@@ -137,8 +109,8 @@ def window_attn_fwd(q, v, F, perm, chunk_size):
     grid = (n_chunks * (chunk_size // block_m), n_batch * n_hashes, triton.cdiv(value_channels, block_c))
     _window_attn_fwd_kernel[grid](
         q, v, F, perm, O, lse,
-        length, padded_length, n_chunks, n_hashes, match_channels, value_channels, KEY_NORM_EPS,
-        CHUNK=chunk_size, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d, BLOCK_C=block_c,
+        length, padded_length, n_chunks, n_hashes, match_channels, value_channels,
+        CHUNK=chunk_size, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d, BLOCK_C=block_c, PRECISION=precision,
         UPCAST_DOT=v.device.type == "cpu" and v.dtype == torch.bfloat16, num_warps=num_warps, num_stages=2,
     )
     return O, lse
