@@ -83,16 +83,24 @@ def _window_attn_fwd_kernel(
     tl.store(ROUND_SUM + nr * length + query_slot, l_i, mask=query_mask)
 
 
-# Query x key tiles, in order of preference (the interpreter and the compile report take the first
-# that fits). The accumulator is [BLOCK_M, C] with C up to 256 per program, so float32 "ieee" dots,
-# which run on FMAs with both operands in registers, take the smaller tiles; tensor-core dots
-# (16-bit, tf32, tf32x3) keep 64-row tiles per warp group.
+# Query x key tiles per kind of dot, in order of preference: the interpreter and the compile report
+# take the first that fits, which compiles without spills for sm_80 and sm_90a at the training,
+# inference and demo shapes (bench/compile_report.py); a GPU tunes over the valid ones. The
+# accumulator is [BLOCK_M, next_power_of_2(C)] (up to 256 columns) in float32 per program, spread
+# over 8 warps for 64-row tiles.
 WINDOW_ATTN_FWD_CONFIGS = {
     "fma": [
         Config({"BLOCK_M": 64, "BLOCK_N": 16}, num_warps=8, num_stages=1),
         Config({"BLOCK_M": 32, "BLOCK_N": 32}, num_warps=8, num_stages=1),
         Config({"BLOCK_M": 32, "BLOCK_N": 16}, num_warps=4, num_stages=1),
         Config({"BLOCK_M": 16, "BLOCK_N": 16}, num_warps=4, num_stages=1),
+    ],
+    # tf32x3 splits both operands of every dot into high and low tf32 parts: more live registers.
+    "tf32x3": [
+        Config({"BLOCK_M": 32, "BLOCK_N": 16}, num_warps=4, num_stages=2),
+        Config({"BLOCK_M": 64, "BLOCK_N": 16}, num_warps=8, num_stages=2),
+        Config({"BLOCK_M": 64, "BLOCK_N": 32}, num_warps=8, num_stages=2),
+        Config({"BLOCK_M": 16, "BLOCK_N": 16}, num_warps=4, num_stages=2),
     ],
     "tensor_core": [
         Config({"BLOCK_M": 64, "BLOCK_N": 32}, num_warps=8, num_stages=2),
@@ -113,7 +121,9 @@ def effective_precision(dtype, precision):
 
 
 def _config_family(dtype, precision):
-    return "fma" if dtype in (torch.float32, torch.float64) and precision == "ieee" else "tensor_core"
+    if dtype in (torch.float32, torch.float64) and precision == "ieee":
+        return "fma"
+    return "tf32x3" if precision == "tf32x3" else "tensor_core"
 
 
 def window_attn_fwd_min_flops(n_batch, n_hashes, length, match_channels, value_channels, chunk_size):
