@@ -158,8 +158,9 @@ def window_attn_fwd_plan(q, v, F, perm, chunk_size, precision="ieee", config=Non
             trial)
     block_m, block_n = config.kwargs["BLOCK_M"], config.kwargs["BLOCK_N"]
     grid = (triton.cdiv(length, block_m), n_batch * n_hashes)
-    programs = grid[0] * grid[1]
-    flops = programs * 3 * chunk_size * 2 * block_m * (block_d + block_c)
+    # Every program runs its BLOCK_M query rows (padded slots included) against the 3l window keys
+    # over BLOCK_D score and BLOCK_C value columns; exp/max/scaling are not counted.
+    flops = grid[0] * grid[1] * 3 * chunk_size * 2 * block_m * (block_d + block_c)
     acc = tl.float64 if dtype == torch.float64 else tl.float32
     launch = Launch(
         kernel=_window_attn_fwd_kernel, grid=grid,
