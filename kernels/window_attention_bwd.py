@@ -22,35 +22,16 @@ import torch
 import triton
 import triton.language as tl
 
-from .window_attention import KEY_NORM_EPS, _key_chunk_of_listing
-
-
-@triton.jit
-def _mma(a, b, ACC: tl.constexpr, UPCAST: tl.constexpr):
-    """a @ b accumulated in ACC; float32 operands without TF32. UPCAST multiplies float32 copies:
-    the Triton CPU interpreter's dot treats bfloat16 operands as raw integers (measured)."""
-    if UPCAST:
-        result = tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee", out_dtype=ACC)
-    else:
-        result = tl.dot(a, b, input_precision="ieee", out_dtype=ACC)
-    return result
-
-
-@triton.jit
-def _load_keys(q_rows, key_pos, dims, dim_mask, match_channels, key_norm_eps, ACC: tl.constexpr):
-    """Rows q[key_pos] / max(||q||, eps) in ACC."""
-    key = tl.load(q_rows + key_pos[:, None] * match_channels + dims[None, :],
-                  mask=dim_mask[None, :], other=0.0).to(ACC)
-    norm = tl.sqrt(tl.sum(key * key, axis=1))
-    return key / tl.maximum(norm, key_norm_eps)[:, None]
+from .constants import KEY_NORM_EPS
+from .window_common import (key_chunk_of_listing, load_keys, query_chunk_of_listing, round_rows, window_dot,
+                            window_scores)
 
 
 @triton.jit
 def _probabilities(q, key, f_rows, key_pos, query_in_chunk, query_pos, query_mask, LSE,
-                   CHUNK: tl.constexpr, ACC: tl.constexpr, UPCAST: tl.constexpr):
+                   CHUNK: tl.constexpr, PRECISION: tl.constexpr, ACC: tl.constexpr, UPCAST: tl.constexpr):
     """P [BLOCK_M, BLOCK_N] = exp(q . key + F[key, i] - LSE[query]); 0 on padded query rows."""
-    scores = _mma(q, tl.trans(key.to(q.dtype)), ACC, UPCAST)
-    scores += tl.load(f_rows + key_pos[None, :] * CHUNK + query_in_chunk[:, None]).to(ACC)
+    scores = window_scores(q, key, f_rows, key_pos, query_in_chunk, CHUNK, PRECISION, UPCAST, ACC)
     lse = tl.load(LSE + query_pos, mask=query_mask, other=0.0).to(ACC)
     return tl.where(query_mask[:, None], tl.exp(scores - lse[:, None]), 0.0)
 
@@ -58,7 +39,7 @@ def _probabilities(q, key, f_rows, key_pos, query_in_chunk, query_pos, query_mas
 @triton.jit
 def _score_gradient(p, g_rows, v_rows, query_pos, query_mask, key_pos, DELTA, value_channels,
                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr,
-                    ACC: tl.constexpr, UPCAST: tl.constexpr):
+                    PRECISION: tl.constexpr, ACC: tl.constexpr, UPCAST: tl.constexpr):
     """dS = P * (g[query] . v[key] - D[query]), the value dim reduced in BLOCK_C tiles."""
     dp = tl.zeros([BLOCK_M, BLOCK_N], ACC)
     for col_start in range(0, value_channels, BLOCK_C):
@@ -67,36 +48,27 @@ def _score_gradient(p, g_rows, v_rows, query_pos, query_mask, key_pos, DELTA, va
         g = tl.load(g_rows + query_pos[:, None] * value_channels + cols[None, :],
                     mask=query_mask[:, None] & col_mask[None, :], other=0.0)
         v = tl.load(v_rows + key_pos[:, None] * value_channels + cols[None, :], mask=col_mask[None, :], other=0.0)
-        dp += _mma(g, tl.trans(v.to(g.dtype)), ACC, UPCAST)
+        dp += window_dot(g, tl.trans(v.to(g.dtype)), PRECISION, UPCAST, ACC)
     delta = tl.load(DELTA + query_pos, mask=query_mask, other=0.0).to(ACC)
     return p * (dp - delta[:, None])
 
 
 @triton.jit
-def _query_chunk_of_listing(key_chunk, listing, n_chunks):
-    """Query chunk whose window lists `key_chunk` as listing 0, 1, 2 (its chunk k, k+1, k-1)."""
-    return (key_chunk - listing + 3 * (listing // 2) + n_chunks) % n_chunks
-
-
-@triton.jit
 def _window_attn_bwd_dv_kernel(
     Q, F, G, PERM, LSE, DV_SLOT,
-    length, padded_length, n_chunks, n_hashes, match_channels, value_channels, key_norm_eps,
+    length, padded_length, n_chunks, n_hashes, match_channels, value_channels,
     CHUNK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-    BLOCK_C: tl.constexpr, ACC: tl.constexpr, UPCAST: tl.constexpr,
+    BLOCK_C: tl.constexpr, PRECISION: tl.constexpr, ACC: tl.constexpr, UPCAST: tl.constexpr,
 ):
     """DV_SLOT[n, r, j, cols] = sum over windows holding key slot j of P_tj g[perm t, cols].
     Grid: (nC * CHUNK / BLOCK_N, N * h, value-dim tiles)."""
     pid_k = tl.program_id(0)
     nr = tl.program_id(1).to(tl.int64)
-    n = nr // n_hashes
+    n, perm_row, q_rows, g_rows, f_rows = round_rows(Q, G, F, PERM, nr, n_hashes, length, padded_length,
+                                                     match_channels, value_channels, CHUNK)
     blocks_per_chunk: tl.constexpr = CHUNK // BLOCK_N
     key_chunk = pid_k // blocks_per_chunk
     key_slot = key_chunk * CHUNK + (pid_k % blocks_per_chunk) * BLOCK_N + tl.arange(0, BLOCK_N)
-    perm_row = PERM + nr * padded_length
-    q_rows = Q + n * length * match_channels
-    f_rows = F + n * length * CHUNK
-    g_rows = G + n * length * value_channels
     lse_rows = LSE + n * length
     dims = tl.arange(0, BLOCK_D)
     dim_mask = dims < match_channels
@@ -104,11 +76,11 @@ def _window_attn_bwd_dv_kernel(
     col_mask = cols < value_channels
 
     key_pos = tl.load(perm_row + key_slot).to(tl.int64)
-    key = _load_keys(q_rows, key_pos, dims, dim_mask, match_channels, key_norm_eps, ACC)
+    key = load_keys(q_rows, key_pos, dims, dim_mask, match_channels, ACC)
     dv = tl.zeros([BLOCK_N, BLOCK_C], ACC)
     query_blocks: tl.constexpr = CHUNK // BLOCK_M
     for step in range(3 * query_blocks):
-        query_chunk = _query_chunk_of_listing(key_chunk, step // query_blocks, n_chunks)
+        query_chunk = query_chunk_of_listing(key_chunk, step // query_blocks, n_chunks)
         query_in_chunk = (step % query_blocks) * BLOCK_M + tl.arange(0, BLOCK_M)
         query_slot = query_chunk * CHUNK + query_in_chunk
         query_mask = query_slot < length
@@ -116,10 +88,10 @@ def _window_attn_bwd_dv_kernel(
         q = tl.load(q_rows + query_pos[:, None] * match_channels + dims[None, :],
                     mask=query_mask[:, None] & dim_mask[None, :], other=0.0)
         p = _probabilities(q, key, f_rows, key_pos, query_in_chunk, query_pos, query_mask, lse_rows,
-                           CHUNK, ACC, UPCAST)
+                           CHUNK, PRECISION, ACC, UPCAST)
         g = tl.load(g_rows + query_pos[:, None] * value_channels + cols[None, :],
                     mask=query_mask[:, None] & col_mask[None, :], other=0.0)
-        dv += _mma(tl.trans(p).to(g.dtype), g, ACC, UPCAST)
+        dv += window_dot(tl.trans(p).to(g.dtype), g, PRECISION, UPCAST, ACC)
     tl.store(DV_SLOT + (nr * padded_length + key_slot[:, None]) * value_channels + cols[None, :], dv,
              mask=col_mask[None, :])
 
@@ -127,28 +99,25 @@ def _window_attn_bwd_dv_kernel(
 @triton.jit
 def _window_attn_bwd_dkdf_kernel(
     Q, V, F, G, PERM, LSE, DELTA, DK_SLOT, DF_SLOT,
-    length, padded_length, n_chunks, n_hashes, match_channels, value_channels, key_norm_eps,
+    length, padded_length, n_chunks, n_hashes, match_channels, value_channels,
     CHUNK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-    BLOCK_C: tl.constexpr, ACC: tl.constexpr, UPCAST: tl.constexpr,
+    BLOCK_C: tl.constexpr, PRECISION: tl.constexpr, ACC: tl.constexpr, UPCAST: tl.constexpr,
 ):
     """DK_SLOT[n, r, j] = sum dS_tj q[perm t] (gradient of the normalised key), DF_SLOT[n, r, j, i]
     = sum dS_tj over the listings of slot j. Grid: (nC * CHUNK / BLOCK_N, N * h)."""
     pid_k = tl.program_id(0)
     nr = tl.program_id(1).to(tl.int64)
-    n = nr // n_hashes
+    n, perm_row, q_rows, v_rows, f_rows = round_rows(Q, V, F, PERM, nr, n_hashes, length, padded_length,
+                                                     match_channels, value_channels, CHUNK)
+    g_rows = G + n * length * value_channels
     blocks_per_chunk: tl.constexpr = CHUNK // BLOCK_N
     key_chunk = pid_k // blocks_per_chunk
     key_slot = key_chunk * CHUNK + (pid_k % blocks_per_chunk) * BLOCK_N + tl.arange(0, BLOCK_N)
-    perm_row = PERM + nr * padded_length
-    q_rows = Q + n * length * match_channels
-    v_rows = V + n * length * value_channels
-    f_rows = F + n * length * CHUNK
-    g_rows = G + n * length * value_channels
     dims = tl.arange(0, BLOCK_D)
     dim_mask = dims < match_channels
 
     key_pos = tl.load(perm_row + key_slot).to(tl.int64)
-    key = _load_keys(q_rows, key_pos, dims, dim_mask, match_channels, key_norm_eps, ACC)
+    key = load_keys(q_rows, key_pos, dims, dim_mask, match_channels, ACC)
     dkey = tl.zeros([BLOCK_N, BLOCK_D], ACC)
     # Outer loop over query rows i of a chunk, inner over the three listings: dF[j, i] is complete
     # after the inner loop and is stored once.
@@ -156,16 +125,16 @@ def _window_attn_bwd_dkdf_kernel(
         query_in_chunk = query_block * BLOCK_M + tl.arange(0, BLOCK_M)
         dF = tl.zeros([BLOCK_M, BLOCK_N], ACC)
         for listing in range(3):
-            query_slot = _query_chunk_of_listing(key_chunk, listing, n_chunks) * CHUNK + query_in_chunk
+            query_slot = query_chunk_of_listing(key_chunk, listing, n_chunks) * CHUNK + query_in_chunk
             query_mask = query_slot < length
             query_pos = tl.load(perm_row + query_slot, mask=query_mask, other=0).to(tl.int64)
             q = tl.load(q_rows + query_pos[:, None] * match_channels + dims[None, :],
                         mask=query_mask[:, None] & dim_mask[None, :], other=0.0)
             p = _probabilities(q, key, f_rows, key_pos, query_in_chunk, query_pos, query_mask, LSE + n * length,
-                               CHUNK, ACC, UPCAST)
+                               CHUNK, PRECISION, ACC, UPCAST)
             ds = _score_gradient(p, g_rows, v_rows, query_pos, query_mask, key_pos, DELTA + n * length,
-                                 value_channels, BLOCK_M, BLOCK_N, BLOCK_C, ACC, UPCAST)
-            dkey += _mma(tl.trans(ds).to(q.dtype), q, ACC, UPCAST)
+                                 value_channels, BLOCK_M, BLOCK_N, BLOCK_C, PRECISION, ACC, UPCAST)
+            dkey += window_dot(tl.trans(ds).to(q.dtype), q, PRECISION, UPCAST, ACC)
             dF += ds
         tl.store(DF_SLOT + (nr * padded_length + key_slot[None, :]) * CHUNK + query_in_chunk[:, None], dF)
     tl.store(DK_SLOT + (nr * padded_length + key_slot[:, None]) * BLOCK_D + dims[None, :], dkey)
@@ -174,25 +143,22 @@ def _window_attn_bwd_dkdf_kernel(
 @triton.jit
 def _window_attn_bwd_dq_kernel(
     Q, V, F, G, PERM, LSE, DELTA, DQ_ROUND,
-    length, padded_length, n_chunks, n_hashes, match_channels, value_channels, key_norm_eps,
+    length, padded_length, n_chunks, n_hashes, match_channels, value_channels,
     CHUNK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-    BLOCK_C: tl.constexpr, ACC: tl.constexpr, UPCAST: tl.constexpr,
+    BLOCK_C: tl.constexpr, PRECISION: tl.constexpr, ACC: tl.constexpr, UPCAST: tl.constexpr,
 ):
     """DQ_ROUND[n, r, perm t] = sum_j dS_tj key[perm j] (query role; one real slot per position and
     round, so rows never collide). Grid: (nC * CHUNK / BLOCK_M, N * h)."""
     pid_m = tl.program_id(0)
     nr = tl.program_id(1).to(tl.int64)
-    n = nr // n_hashes
+    n, perm_row, q_rows, v_rows, f_rows = round_rows(Q, V, F, PERM, nr, n_hashes, length, padded_length,
+                                                     match_channels, value_channels, CHUNK)
+    g_rows = G + n * length * value_channels
     query_blocks: tl.constexpr = CHUNK // BLOCK_M
     query_chunk = pid_m // query_blocks
     query_in_chunk = (pid_m % query_blocks) * BLOCK_M + tl.arange(0, BLOCK_M)
     query_slot = query_chunk * CHUNK + query_in_chunk
     query_mask = query_slot < length
-    perm_row = PERM + nr * padded_length
-    q_rows = Q + n * length * match_channels
-    v_rows = V + n * length * value_channels
-    f_rows = F + n * length * CHUNK
-    g_rows = G + n * length * value_channels
     dims = tl.arange(0, BLOCK_D)
     dim_mask = dims < match_channels
 
@@ -202,15 +168,15 @@ def _window_attn_bwd_dq_kernel(
     dq = tl.zeros([BLOCK_M, BLOCK_D], ACC)
     blocks_per_chunk: tl.constexpr = CHUNK // BLOCK_N
     for key_block in range(3 * blocks_per_chunk):
-        key_chunk = _key_chunk_of_listing(query_chunk, key_block // blocks_per_chunk, n_chunks)
+        key_chunk = key_chunk_of_listing(query_chunk, key_block // blocks_per_chunk, n_chunks)
         key_slot = key_chunk * CHUNK + (key_block % blocks_per_chunk) * BLOCK_N + tl.arange(0, BLOCK_N)
         key_pos = tl.load(perm_row + key_slot).to(tl.int64)
-        key = _load_keys(q_rows, key_pos, dims, dim_mask, match_channels, key_norm_eps, ACC)
+        key = load_keys(q_rows, key_pos, dims, dim_mask, match_channels, ACC)
         p = _probabilities(q, key, f_rows, key_pos, query_in_chunk, query_pos, query_mask, LSE + n * length,
-                           CHUNK, ACC, UPCAST)
+                           CHUNK, PRECISION, ACC, UPCAST)
         ds = _score_gradient(p, g_rows, v_rows, query_pos, query_mask, key_pos, DELTA + n * length,
-                             value_channels, BLOCK_M, BLOCK_N, BLOCK_C, ACC, UPCAST)
-        dq += _mma(ds.to(q.dtype), key.to(q.dtype), ACC, UPCAST)
+                             value_channels, BLOCK_M, BLOCK_N, BLOCK_C, PRECISION, ACC, UPCAST)
+        dq += window_dot(ds.to(q.dtype), key.to(q.dtype), PRECISION, UPCAST, ACC)
     tl.store(DQ_ROUND + (nr * length + query_pos[:, None]) * BLOCK_D + dims[None, :], dq,
              mask=query_mask[:, None])
 
@@ -264,7 +230,7 @@ def _key_normalization_backward(q, dkey):
     return torch.where(norm > KEY_NORM_EPS, projected, dkey / KEY_NORM_EPS)
 
 
-def window_attn_bwd(q, v, F, perm, inv, g, D, LSE, chunk_size):
+def window_attn_bwd(q, v, F, perm, inv, g, D, LSE, chunk_size, precision="ieee"):
     """Gradients of the merged window attention w.r.t. q, v and F.
 
     Args:
@@ -274,6 +240,7 @@ def window_attn_bwd(q, v, F, perm, inv, g, D, LSE, chunk_size):
         g [N, L, C] (dtype of v): gradient of `out`; D [N, L] = rowsum(g * out) and LSE [N, L]
             (float32, float64 for float64 inputs) from the forward / `attention_grad_rows`.
         chunk_size: power of two, 16..256.
+        precision: input precision of the float32 dots ("ieee", "tf32", "tf32x3").
     Returns:
         dq [N, L, c], dv [N, L, C], dF [N, L, l] in the input dtype (float32 accumulation).
     Inputs are not validated here: `dlsn.ops.fused_grad` checks them.
@@ -289,11 +256,11 @@ def window_attn_bwd(q, v, F, perm, inv, g, D, LSE, chunk_size):
     block_c = min(64, max(16, triton.next_power_of_2(value_channels)))
     block_d = max(16, triton.next_power_of_2(match_channels))
     LSE, D = LSE.to(acc_dtype), D.to(acc_dtype)
-    shape_args = (length, padded_length, n_chunks, n_hashes, match_channels, value_channels, KEY_NORM_EPS)
+    shape_args = (length, padded_length, n_chunks, n_hashes, match_channels, value_channels)
     # Untuned (no GPU was available): the key-side dkey/dF program holds about eight
     # BLOCK_N x 64 float32 tiles, so 64-row blocks get 8 warps.
     blocks = dict(CHUNK=chunk_size, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d, BLOCK_C=block_c,
-                  ACC=acc, UPCAST=upcast, num_warps=8 if block_n >= 64 else 4)
+                  PRECISION="ieee" if q.dtype == torch.float64 else precision, ACC=acc, UPCAST=upcast, num_warps=8 if block_n >= 64 else 4)
     new = dict(device=q.device, dtype=acc_dtype)
     dv_slot = torch.empty((n_batch, n_hashes, padded_length, value_channels), **new)
     dkey_slot = torch.empty((n_batch, n_hashes, padded_length, block_d), **new)

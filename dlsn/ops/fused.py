@@ -52,7 +52,7 @@ import torch
 from ..kernels.bucket_sort import bucket_sort_fwd
 from ..kernels.constants import CHUNK_SIZES
 from ..kernels.hash import sblsh_hash_fwd
-from ..kernels.window_attention import window_attn_fwd as _window_attn_fwd_lse
+from ..kernels.window_attention import window_attn_fwd
 from ..kernels.window_attention_bwd import window_attn_bwd as _window_attn_bwd_lse
 from . import triton_device_problem
 from .scatter import attention_grad_rows, scatter_back
@@ -63,15 +63,11 @@ FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 PRECISIONS = ("ieee", "tf32", "tf32x3")
 
 
-# --- ADAPTER (delete at merge, once kernels/window_attention.py returns (O, round_max, round_sum) and
-# window_attn_bwd takes (lse_max, lse_sum, precision); then import the two launchers under these names).
-def window_attn_fwd(q, v, learned, perm, chunk_size, precision="ieee"):
-    O, lse = _window_attn_fwd_lse(q, v, learned, perm, chunk_size)
-    return O, lse, torch.ones_like(lse)
-
-
+# --- ADAPTER (delete at merge, once window_attn_bwd takes (lse_max, lse_sum); then import the
+# launcher under this name).
 def window_attn_bwd(q, v, learned, perm, inv, g, D, lse_max, lse_sum, chunk_size, precision="ieee"):
-    return _window_attn_bwd_lse(q, v, learned, perm, inv, g, D, lse_max + torch.log(lse_sum), chunk_size)
+    return _window_attn_bwd_lse(q, v, learned, perm, inv, g, D, lse_max + torch.log(lse_sum), chunk_size,
+                                precision=precision)
 # --- end of ADAPTER
 
 
