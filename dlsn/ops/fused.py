@@ -53,7 +53,7 @@ from ..kernels.bucket_sort import bucket_sort_fwd
 from ..kernels.constants import CHUNK_SIZES
 from ..kernels.hash import sblsh_hash_fwd
 from ..kernels.window_attention import window_attn_fwd
-from ..kernels.window_attention_bwd import window_attn_bwd as _window_attn_bwd_lse
+from ..kernels.window_attention_bwd import window_attn_bwd
 from . import triton_device_problem
 from .scatter import attention_grad_rows, scatter_back
 
@@ -61,14 +61,6 @@ __all__ = ["gla_attention", "sorted_attention", "triton_hash", "triton_sort", "t
 
 FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 PRECISIONS = ("ieee", "tf32", "tf32x3")
-
-
-# --- ADAPTER (delete at merge, once window_attn_bwd takes (lse_max, lse_sum); then import the
-# launcher under this name).
-def window_attn_bwd(q, v, learned, perm, inv, g, D, lse_max, lse_sum, chunk_size, precision="ieee"):
-    return _window_attn_bwd_lse(q, v, learned, perm, inv, g, D, lse_max + torch.log(lse_sum), chunk_size,
-                                precision=precision)
-# --- end of ADAPTER
 
 
 # Checks ------------------------------------------------------------------------------------------
