@@ -112,16 +112,6 @@ FP32_SEEDS = range(10)
 LOW_PRECISION_SEEDS = range(100, 104)
 LARGE_SCALE_SEEDS = range(200, 204)
 
-# Pending kernel work (issue 15), strict so that a mark is removed as soon as its case passes:
-# the backward's probabilities with the float32 LSE of today's backward kernels lose accuracy at
-# large scores (item 2: fixed by window_attn_bwd(lse_max, lse_sum)); today's hash kernel fails on
-# NaN projections (item 3: fixed by the non-finite rule in the hash kernel).
-BACKWARD_LSE_PENDING = pytest.mark.xfail(
-    strict=True, reason="large-score gradients need window_attn_bwd(..., lse_max, lse_sum) (interface 3)")
-HASH_NAN_PENDING = pytest.mark.xfail(
-    strict=True, reason="NaN projections need the hash kernel's non-finite rule (issue 15 item 3)")
-
-
 @pytest.mark.parametrize("seed", FP32_SEEDS)
 def test_fuzz_fp32(seed):
     check_case(draw_case(seed, "fp32"))
@@ -134,19 +124,11 @@ def test_fuzz_low_precision(seed):
 
 @pytest.mark.parametrize("seed", LARGE_SCALE_SEEDS)
 def test_fuzz_large_scale(seed):
-    check_case(draw_case(seed, "large_scale"), gradients=False)
-
-
-@BACKWARD_LSE_PENDING
-def test_fuzz_large_scale_gradients():
-    """Every large-scale case, gradients included (one test: the strict mark needs all to fail
-    today and all to pass once the backward takes lse_max and lse_sum)."""
-    for seed in LARGE_SCALE_SEEDS:
-        check_case(draw_case(seed, "large_scale"))
+    check_case(draw_case(seed, "large_scale"))
 
 
 NON_FINITE_CASES = [(300, "q", "inf"), (301, "v", "nan"), (302, "learned", "-inf"), (303, "v", "inf"),
-                    pytest.param(304, "q", "nan", marks=HASH_NAN_PENDING)]
+                    (304, "q", "nan")]
 
 
 @pytest.mark.parametrize("seed, bad_tensor, bad_value", NON_FINITE_CASES)

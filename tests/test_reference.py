@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from dlsn import reference
+from dlsn.kernels.constants import KEY_NORM_EPS
 
 
 def naive_codes(q, rotations):
@@ -36,7 +37,7 @@ def naive_gla_rows(q, v, F, perm, chunk_size):
     n, h, padded = perm.shape
     length = q.shape[1]
     n_chunks = padded // chunk_size
-    keys = q / q.norm(dim=-1, keepdim=True).clamp_min(5e-5)
+    keys = q / q.norm(dim=-1, keepdim=True).clamp_min(KEY_NORM_EPS)
     O_pos = torch.zeros(n, h, length, v.shape[-1], dtype=torch.float64)
     lse_pos = torch.zeros(n, h, length, dtype=torch.float64)
     for b, r in itertools.product(range(n), range(h)):
