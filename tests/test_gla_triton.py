@@ -1,4 +1,6 @@
 """The fused path's entrance (dlsn.ops.fused.gla_attention, GLA(backend="triton")) against the reference, forward."""
+import copy
+
 import pytest
 import torch
 from conftest import DEVICE, max_error
@@ -91,3 +93,22 @@ def test_bad_input_raises_before_launch(no_launch, mutate, error, match):
     q, v, learned, rotations, x = make_core_inputs(1, 16, 3, 3, 16, 1, torch.float32, seed=7)
     with pytest.raises(error, match=match):
         fused.gla_attention(*mutate(q, v, learned, rotations, x))
+
+
+def test_one_branch_serves_inference_under_autocast():
+    """No forward-only pipeline: eval + no_grad + autocast (float32 x, bfloat16 embeddings) runs the
+    same custom op as training, x added outside it; error against float64 no worse than twice the
+    reference backend's under the same autocast."""
+    torch.manual_seed(0)
+    module = dlsn.GLA(16, chunk_size=16, n_hashes=2, backend="triton").to(DEVICE).eval()
+    x = torch.randn(1, 16, 5, 7, device=DEVICE)
+    with torch.no_grad():
+        exact = copy.deepcopy(module).double()
+        exact.backend = "reference"
+        expected = exact(x.double(), module.rotations_for(35, DEVICE))
+        with torch.autocast(DEVICE.type, dtype=torch.bfloat16):
+            y = module(x)
+            module.backend = "reference"
+            same_autocast = module(x)
+    assert y.dtype == torch.float32
+    assert max_error(y, expected) <= 2 * max_error(same_autocast, expected)
