@@ -40,7 +40,7 @@ def test_core_float32_matches_reference(n, C, height, width, chunk_size, h):
     q, v, learned, rotations, x = make_core_inputs(n, C, height, width, chunk_size, h, torch.float32, seed=height * width)
     y = fused.gla_attention(q, v, learned, rotations, chunk_size, x, 0.5)
     assert y.dtype == torch.float32 and y.shape == x.shape
-    expected = reference.gla_core(q.double(), v.double(), F.double(), rotations, chunk_size, x.double(), 0.5)
+    expected = reference.gla_core(q.double(), v.double(), learned.double(), rotations, chunk_size, x.double(), 0.5)
     assert max_error(y, expected) <= 1e-4 * expected.abs().max().item()
 
 
@@ -51,7 +51,7 @@ def test_core_half_precision_no_worse_than_reference(n, C, height, width, chunk_
     y = fused.gla_attention(q, v, learned, rotations, chunk_size, x, 1.0)
     assert y.dtype == dtype
     # The float64 run hashes the same (rounded) q in float32, so both see the same buckets.
-    exact = reference.gla_core(q.double(), v.double(), F.double(), rotations, chunk_size, x.double(), 1.0)
+    exact = reference.gla_core(q.double(), v.double(), learned.double(), rotations, chunk_size, x.double(), 1.0)
     same_dtype = reference.gla_core(q, v, learned, rotations, chunk_size, x, 1.0)
     assert max_error(y, exact) <= 2 * max_error(same_dtype, exact)
 
@@ -74,7 +74,7 @@ def test_all_positions_in_one_bucket():
     y = fused.gla_attention(q, v, learned, rotations, 16, x, 1.0)
     codes = fused.triton_hash(q, rotations)
     assert (codes == codes[:, :, :1]).all()
-    expected = reference.gla_core(q.double(), v.double(), F.double(), rotations, 16, x.double(), 1.0)
+    expected = reference.gla_core(q.double(), v.double(), learned.double(), rotations, 16, x.double(), 1.0)
     assert max_error(y, expected) <= 1e-4 * expected.abs().max().item()
 
 

@@ -78,7 +78,7 @@ def test_float32_gradients_match_float64_reference(C, H, W, chunk_size, h):
     for name in exact:
         assert actual[name].dtype == torch.float32, name
         if name == "fc.2.bias" and h == 1:
-            # With one round, adding b_i to F[:, i] shifts every score of the queries at slot
+            # With one round, adding b_i to learned[:, i] shifts every score of the queries at slot
             # index i equally: softmax-invariant, so this gradient is 0 up to rounding.
             assert exact[name].abs().max() <= 1e-12
             assert actual[name].abs().max() <= 1e-5 * exact["fc.2.weight"].norm()

@@ -151,7 +151,7 @@ def test_reference_runs_in_low_precision_close_to_float64(dtype):
     q, v, learned, rotations = random_inputs(1, 20, 4, 6, 8, 2, 2, seed=7)
     x = torch.randn(1, 6, 4, 5, dtype=torch.float64)
     exact = reference.gla_core(q, v, learned, rotations, 8, x, 1.0)
-    low = reference.gla_core(q.to(dtype), v.to(dtype), F.to(dtype), rotations.float(), 8, x.to(dtype), 1.0)
+    low = reference.gla_core(q.to(dtype), v.to(dtype), learned.to(dtype), rotations.float(), 8, x.to(dtype), 1.0)
     assert low.dtype == dtype
     tol = {torch.float32: 1e-5, torch.bfloat16: 6e-2, torch.float16: 1e-2}[dtype]
     torch.testing.assert_close(low.double(), exact, rtol=tol, atol=tol)
