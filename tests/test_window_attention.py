@@ -154,7 +154,7 @@ def no_launch(monkeypatch):
     [
         (lambda q, v, F, p: (q, v.half(), F, p, 16), TypeError, "must share one dtype"),
         (lambda q, v, F, p: (q.double(), v, F, p, 16), TypeError, "q must have dtype"),
-        (lambda q, v, F, p: (q, v, F[..., :8], p, 16), ValueError, "F must have shape"),
+        (lambda q, v, F, p: (q, v, F[..., :8], p, 16), ValueError, "(F|learned) must have shape"),
         (lambda q, v, F, p: (q, v[:, :10], F, p, 16), ValueError, "v must have shape"),
         (lambda q, v, F, p: (q, v, F, p[..., :16], 16), ValueError, "perm must have shape"),
         (lambda q, v, F, p: (q, v, F, p.long(), 16), TypeError, "perm must have dtype"),
