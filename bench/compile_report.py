@@ -1,0 +1,544 @@
+"""Compile report: what the compiler makes of every kernel launch, for GPUs this machine does not have.
+
+    python bench/compile_report.py --kernel window_attn_fwd --shape training --dtype fp32-tf32 --target sm_90a
+    python bench/compile_report.py --shape training --target sm_80            # every kernel, every dtype
+    python bench/compile_report.py --all                                      # the full report -> bench/results/compile/
+
+Each launch comes from the launcher's own plan function (`<stage>_plan`, kernels/launch.py) called
+with `meta` tensors at a named shape, so the configuration compiled here is the one the launcher
+picks. Every launch is compiled with `triton.compile(ASTSource(...), target=GPUTarget("cuda", cap, 32))`
+(no GPU, no driver needed), specialised exactly as the JIT would specialise it on a GPU. Per launch it
+prints: registers and spill store/load bytes (ptxas -v), shared memory (Triton's allocation), warps and
+stages, and the static SASS instruction counts that matter (cuobjdump -sass): tensor-core MMA (HMMA on
+sm_80, HGMMA = wgmma on sm_90a), FFMA, local loads/stores (LDL/STL); the number of `tt.dot`s and how
+many of them did not get a tensor-core layout; the launch's FLOPs by the kernel's model (`Launch.flops`)
+and the minimal FLOPs of the stage's algorithm. No timing: nothing runs.
+
+Options: --kernel NAME (a kernel name such as `_window_attn_fwd_kernel`, a short name without the
+underscores/`_kernel`, or a stage: hash, sort, fwd, bwd; default all), --shape training|inference|demo,
+--dtype fp32-ieee|fp32-tf32|fp32-tf32x3|bf16|fp16 (default all), --target sm_80|sm_90a (default both),
+--csv PATH / --markdown PATH to write tables, --all for the full report.
+"""
+import argparse
+import contextlib
+import csv
+import dataclasses
+import io
+import os
+import re
+import subprocess
+import sys
+import tempfile
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+# Triton 3.9 warns that its default (FP fusion on, as in 3.6) will change; compile what runs today.
+os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+
+import torch  # noqa: E402
+import triton  # noqa: E402
+from triton.backends.compiler import GPUTarget  # noqa: E402
+
+from kernels import bucket_sort, hash as hash_kernels, window_attention, window_attention_bwd  # noqa: E402
+
+RESULTS = os.path.join(ROOT, "bench", "results", "compile")
+
+# Target -> (compute capability, opt-in shared memory per block in bytes).
+TARGETS = {"sm_80": (80, 163 * 1024), "sm_90a": (90, 227 * 1024)}
+
+# dtype name -> (tensor dtype, precision of the float32 dots; 16-bit inputs ignore it).
+DTYPES = {
+    "fp32-ieee": (torch.float32, "ieee"),
+    "fp32-tf32": (torch.float32, "tf32"),
+    "fp32-tf32x3": (torch.float32, "tf32x3"),
+    "bf16": (torch.bfloat16, "ieee"),
+    "fp16": (torch.float16, "ieee"),
+}
+TENSOR_CORE_DTYPES = ("fp32-tf32", "fp32-tf32x3", "bf16", "fp16")
+
+
+@dataclasses.dataclass(frozen=True)
+class Shape:
+    """A GLA problem in the contract's notation; `b` buckets per round (the package's rule
+    b = max(1, min(L//l + (L//l) % 2, 128)); tests/test_compile_report.py checks it)."""
+
+    N: int
+    H: int
+    W: int
+    C: int
+    c: int
+    l: int  # noqa: E741
+    h: int
+    b: int
+    note: str = ""
+
+    @property
+    def L(self):
+        return self.H * self.W
+
+    @property
+    def Lp(self):
+        return self.L + (-self.L) % self.l
+
+    def text(self):
+        return f"N{self.N} {self.H}x{self.W} C{self.C} c{self.c} l{self.l} h{self.h} b{self.b}"
+
+
+SHAPES = {
+    "training": Shape(16, 48, 48, 256, 64, 128, 3, 18, "DLSN training batch: 16 LR patches of 48x48"),
+    "inference": Shape(1, 512, 512, 256, 64, 128, 3, 128, "one 512x512 LR image"),
+    "demo": Shape(16, 32, 32, 48, 12, 64, 2, 16,
+                  "dlsn/configs/demo.yaml: n_feats 48, reduction 4, chunk 64, 2 rounds, batch 16 of 32x32 LR patches"),
+}
+
+# ---- minimal FLOPs of the algorithm (a multiply-add counts 2) ------------------------------------
+
+
+def minimal_flops(stage, s):
+    """FLOPs the algorithm needs, whatever the kernel: per real query slot and round, 3l keys.
+    forward: scores (c) + P.V (C); backward: scores (c), dP = g.v (C), dv += P g (C), dkey and dq (2c);
+    hash: the c x b projection per position and round; sort: no floating-point work."""
+    scores = s.N * s.h * s.L * 3 * s.l
+    return {
+        "hash": 2 * s.c * s.b * s.N * s.L * s.h,
+        "sort": 0,
+        "fwd": 2 * (s.c + s.C) * scores,
+        "bwd": 2 * (3 * s.c + 2 * s.C) * scores,
+    }[stage]
+
+
+# ---- launch plans ---------------------------------------------------------------------------------
+
+
+def stage_inputs(s, dtype):
+    """Meta tensors of every stage's inputs at shape s."""
+    meta = dict(device="meta")
+    q = torch.empty((s.N, s.L, s.c), dtype=dtype, **meta)
+    v = torch.empty((s.N, s.L, s.C), dtype=dtype, **meta)
+    F = torch.empty((s.N, s.L, s.l), dtype=dtype, **meta)
+    rotations = torch.empty((s.h, s.c, s.b), dtype=torch.float32, **meta)
+    codes = torch.empty((s.N, s.h, s.L), dtype=torch.int32, **meta)
+    perm = torch.empty((s.N, s.h, s.Lp), dtype=torch.int32, **meta)
+    inv = torch.empty((s.N, s.h, s.L), dtype=torch.int32, **meta)
+    g = torch.empty((s.N, s.L, s.C), dtype=dtype, **meta)
+    stats = torch.empty((s.N, s.L), dtype=torch.float32, **meta)
+    return dict(q=q, v=v, F=F, rotations=rotations, codes=codes, perm=perm, inv=inv, g=g, stats=stats)
+
+
+def plans(s, dtype_name):
+    """[(stage, source, [Launch])] for shape s and a DTYPES name, from the launchers' plan functions
+    (the temporary adapter below stands in for a launcher that has none yet)."""
+    dtype, precision = DTYPES[dtype_name]
+    x = stage_inputs(s, dtype)
+    result = []
+    plan = getattr(hash_kernels, "sblsh_hash_fwd_plan", None)
+    if plan:
+        result.append(("hash", "plan", plan(x["q"], x["rotations"])[0]))
+    else:
+        result.append(("hash", "adapter", _adapter_hash(x["q"], x["rotations"])))
+    plan = getattr(bucket_sort, "bucket_sort_fwd_plan", None)
+    if plan:
+        result.append(("sort", "plan", plan(x["codes"], s.b, s.l)[0]))
+    else:
+        result.append(("sort", "adapter", _adapter_sort(x["codes"], s.b, s.l)))
+    plan = getattr(window_attention, "window_attn_fwd_plan", None)
+    if plan:
+        result.append(("fwd", "plan", plan(x["q"], x["v"], x["F"], x["perm"], s.l, precision=precision)[0]))
+    else:
+        result.append(("fwd", "adapter", _adapter_fwd(x["q"], x["v"], x["F"], x["perm"], s.l, precision)))
+    plan = getattr(window_attention_bwd, "window_attn_bwd_plan", None)
+    if plan:
+        launches = plan(x["q"], x["v"], x["F"], x["perm"], x["inv"], x["g"], x["stats"], x["stats"], x["stats"],
+                        s.l, precision=precision)[0]
+        result.append(("bwd", "plan", launches))
+    else:
+        result.append(("bwd", "adapter", _adapter_bwd(x["q"], x["v"], x["F"], x["perm"], x["inv"], x["g"], x["stats"],
+                                                      x["stats"], s.l, precision)))
+    return result
+
+
+# ---- TEMPORARY adapter: Launch objects for kernels whose launcher has no plan function yet. --------
+# It mirrors the launchers of main at 046ca7e line by line and is deleted once K's and KB's plan
+# functions land (every stage above then says source "plan").
+
+def _launch(kernel, grid, args, constexprs, num_warps, num_stages, flops):
+    from kernels.launch import Launch
+    return Launch(kernel, tuple(grid), args, constexprs, num_warps, num_stages, int(flops), kernel.__name__)
+
+
+def _adapter_hash(q, rotations):
+    n_batch, length, c = q.shape
+    h, _, b = rotations.shape
+    block_b, block_l = min(32, triton.next_power_of_2(b)), 128
+    codes = torch.empty((n_batch, h, length), device=q.device, dtype=torch.int32)
+    grid = (triton.cdiv(length, block_l), n_batch)
+    flops = 2 * grid[0] * block_l * n_batch * h * triton.cdiv(b, block_b) * block_b * c
+    return [_launch(hash_kernels._sblsh_hash_fwd_kernel, grid,
+                    dict(Q=q, R=rotations, CODES=codes, length=length, n_hashes=h, match_channels=c, n_buckets=b),
+                    dict(BLOCK_L=block_l, BLOCK_B=block_b), 4, 3, flops)]
+
+
+def _adapter_sort(codes, n_buckets, chunk):
+    n_batch, h, length = codes.shape
+    pad = (-length) % chunk
+    padded = length + pad
+    n_pad_copies = (pad - 1) // length + 1 if pad else 0
+    block_b = triton.next_power_of_2(n_buckets)
+    block_l = min(256, max(16, 16384 // block_b))
+    n_tiles = triton.cdiv(length, block_l)
+    grid = (n_tiles, n_batch * h)
+    hist = torch.empty((n_batch * h, n_tiles, n_buckets), device=codes.device, dtype=torch.int32)
+    perm = torch.empty((n_batch, h, padded), device=codes.device, dtype=torch.int32)
+    inv = torch.empty((n_batch, h, length), device=codes.device, dtype=torch.int32)
+    blocks = dict(BLOCK_L=block_l, BLOCK_B=block_b)
+    return [
+        _launch(bucket_sort._bucket_histogram_kernel, grid,
+                dict(CODES=codes, HIST=hist, length=length, n_buckets=n_buckets, n_tiles=n_tiles), blocks, 4, 3, 0),
+        _launch(bucket_sort._bucket_sort_fwd_kernel, grid,
+                dict(CODES=codes, STARTS=hist, PERM=perm, INV=inv, length=length, padded_length=padded, pad=pad,
+                     n_buckets=n_buckets, n_tiles=n_tiles, n_pad_copies=n_pad_copies), blocks, 4, 3, 0),
+    ]
+
+
+def _adapter_fwd(q, v, F, perm, chunk, precision):
+    n_batch, length, c = q.shape
+    C = v.shape[-1]
+    _, h, padded = perm.shape
+    n_chunks = padded // chunk
+    block_m, block_n, block_c, num_warps = window_attention._launch_config(v.dtype, chunk, C)
+    block_d = max(16, triton.next_power_of_2(c))
+    grid = (n_chunks * (chunk // block_m), n_batch * h, triton.cdiv(C, block_c))
+    O = torch.empty((n_batch, h, length, C), device=v.device, dtype=v.dtype)
+    lse = torch.empty((n_batch, h, length), device=v.device, dtype=torch.float32)
+    flops = 2 * n_batch * h * padded * 3 * chunk * grid[2] * (block_d + block_c)
+    return [_launch(window_attention._window_attn_fwd_kernel, grid,
+                    dict(Q=q, V=v, F=F, PERM=perm, O=O, LSE=lse, length=length, padded_length=padded,
+                         n_chunks=n_chunks, n_hashes=h, match_channels=c, value_channels=C),
+                    dict(CHUNK=chunk, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d, BLOCK_C=block_c,
+                         PRECISION=precision, UPCAST_DOT=False), num_warps, 2, flops)]
+
+
+def _adapter_bwd(q, v, F, perm, inv, g, D, LSE, chunk, precision):
+    import triton.language as tl
+    n_batch, length, c = q.shape
+    C = v.shape[2]
+    _, h, padded = perm.shape
+    n_chunks = padded // chunk
+    block_m = block_n = min(64, chunk)
+    block_c = min(64, max(16, triton.next_power_of_2(C)))
+    block_d = max(16, triton.next_power_of_2(c))
+    c_tiles = triton.cdiv(C, block_c)
+    shape_args = dict(length=length, padded_length=padded, n_chunks=n_chunks, n_hashes=h, match_channels=c,
+                      value_channels=C)
+    blocks = dict(CHUNK=chunk, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d, BLOCK_C=block_c,
+                  PRECISION=precision, ACC=tl.float32, UPCAST=False)
+    warps = 8 if block_n >= 64 else 4
+    new = dict(device=q.device, dtype=torch.float32)
+    dv_slot = torch.empty((n_batch, h, padded, C), **new)
+    dkey_slot = torch.empty((n_batch, h, padded, block_d), **new)
+    dF_slot = torch.empty((n_batch, h, padded, chunk), **new)
+    dq_round = torch.empty((n_batch, h, length, block_d), **new)
+    key_grid = (n_chunks * (chunk // block_n), n_batch * h)
+    pairs = n_batch * h * padded * 3 * chunk  # (query, key) pairs each kernel visits
+    launches = [
+        _launch(window_attention_bwd._window_attn_bwd_dv_kernel, key_grid + (c_tiles,),
+                dict(Q=q, F=F, G=g, PERM=perm, LSE=LSE, DV_SLOT=dv_slot, **shape_args), blocks, warps, 3,
+                2 * pairs * c_tiles * (block_d + block_c)),
+        _launch(window_attention_bwd._window_attn_bwd_dkdf_kernel, key_grid,
+                dict(Q=q, V=v, F=F, G=g, PERM=perm, LSE=LSE, DELTA=D, DK_SLOT=dkey_slot, DF_SLOT=dF_slot,
+                     **shape_args), blocks, warps, 3, 2 * pairs * (2 * block_d + c_tiles * block_c)),
+        _launch(window_attention_bwd._window_attn_bwd_dq_kernel, (n_chunks * (chunk // block_m), n_batch * h),
+                dict(Q=q, V=v, F=F, G=g, PERM=perm, LSE=LSE, DELTA=D, DQ_ROUND=dq_round, **shape_args),
+                blocks, warps, 3, 2 * pairs * (2 * block_d + c_tiles * block_c)),
+    ]
+    for slot, width in ((dv_slot, C), (dF_slot, chunk), (dkey_slot, c)):
+        out = torch.empty((n_batch, length, width), **new)
+        block_p, block_w = 32, min(128, triton.next_power_of_2(width))
+        launches.append(_launch(
+            window_attention_bwd._fold_slots_kernel,
+            (triton.cdiv(length, block_p), n_batch, triton.cdiv(width, block_w)),
+            dict(SLOT=slot, INV=inv, OUT=out, length=length, padded_length=padded, n_hashes=h, width=width,
+                 slot_width=slot.shape[-1], n_duplicates=triton.cdiv(padded - length, length)),
+            dict(BLOCK_P=block_p, BLOCK_W=block_w), 4, 3, 0))
+    return launches
+
+
+# ---- compiling one launch -------------------------------------------------------------------------
+
+
+def _specialize(launch, target):
+    """(signature, constexprs, attrs, options) exactly as the JIT computes them when it launches
+    `launch` on a device of `target` (meta tensors: 16-byte aligned pointers, as allocations are)."""
+    from triton.compiler import make_backend
+    from triton.runtime.jit import create_function_from_signature
+    fn = launch.kernel
+    backend = make_backend(target)
+    kwargs = dict(launch.args, **launch.constexprs, num_warps=launch.num_warps, num_stages=launch.num_stages)
+    missing = set(fn.arg_names) - set(kwargs)
+    if missing:
+        raise ValueError(f"launch of {fn.__name__} names no value for {sorted(missing)}")
+    binder = create_function_from_signature(fn.signature, fn.params, backend)
+    bound_args, specialization, options = binder(**kwargs)
+    options, signature, constexprs, attrs = fn._pack_args(backend, kwargs, bound_args, specialization, options)
+    return signature, constexprs, attrs, options
+
+
+def _ptxas_stats(log):
+    def number(pattern):
+        found = re.search(pattern, log)
+        return int(found.group(1)) if found else 0
+    if "Used" not in log:
+        raise RuntimeError(f"unexpected ptxas -v output: {log[:500]}")
+    return {"registers": number(r"Used (\d+) registers"), "spill_store_bytes": number(r"(\d+) bytes spill stores"),
+            "spill_load_bytes": number(r"(\d+) bytes spill loads"), "stack_bytes": number(r"(\d+) bytes stack frame")}
+
+
+def _tool(name, cap):
+    from triton.backends.nvidia.compiler import get_ptxas
+    ptxas = get_ptxas(cap)
+    ptxas = getattr(ptxas, "path", ptxas)
+    return ptxas if name == "ptxas" else os.path.join(os.path.dirname(ptxas), name)
+
+
+SASS_OPS = ("HMMA", "HGMMA", "FFMA", "LDL", "STL")
+_SASS_LINE = re.compile(r"/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P[T0-9]+\s+)?([A-Z][A-Z0-9]*)")
+
+
+def _sass_counts(cubin, cap):
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as handle:
+        handle.write(cubin)
+        handle.flush()
+        sass = subprocess.run([_tool("cuobjdump", cap), "-sass", handle.name], capture_output=True, text=True,
+                              check=True).stdout
+    counts = dict.fromkeys(SASS_OPS, 0)
+    for opcode in _SASS_LINE.findall(sass):
+        if opcode in counts:
+            counts[opcode] += 1
+    return counts
+
+
+def _ptxas_log(ptx, cap, arch):
+    """ptxas -v on the kernel's PTX (used when Triton's cache made its own ptxas run unnecessary)."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "kernel.ptx")
+        with open(path, "w") as handle:
+            handle.write(ptx)
+        run = subprocess.run([_tool("ptxas", cap), "-v", "--regAllocOptLevel=2", f"--gpu-name={arch}", path,
+                              "-o", os.path.join(folder, "kernel.cubin")], capture_output=True, text=True, check=True)
+    return run.stderr + run.stdout
+
+
+_MMA_LAYOUT = re.compile(r"^#(\w+)\s*=\s*#(?:ttg|triton_gpu)\.nvidia_mma<", re.M)
+
+
+def _dot_counts(ttgir):
+    """(dots, dots without a tensor-core layout). wgmma dots (warp_group_dot) are tensor-core dots;
+    a `tt.dot` is one when its result has an nvidia_mma layout, else it lowers to FMAs."""
+    mma_aliases = set(_MMA_LAYOUT.findall(ttgir))
+    dots = not_mma = 0
+    for line in ttgir.splitlines():
+        if re.search(r"\bwarp_group_dot\b", line) and "_wait" not in line:
+            dots += 1
+        elif re.search(r"\btt\.dot\b", line) and "->" in line:
+            dots += 1
+            result = line.rsplit("->", 1)[1]
+            encoding = re.search(r",\s*#(\w+)>", result)
+            if not (encoding and encoding.group(1) in mma_aliases) and "nvidia_mma" not in result:
+                not_mma += 1
+    return dots, not_mma
+
+
+_COMPILED = {}
+
+
+def compile_launch(launch, target_name):
+    """Compile `launch` for `target_name`; returns the per-launch numbers (see the module docstring)."""
+    if target_name not in TARGETS:
+        raise ValueError(f"unknown target {target_name!r}; choose from {', '.join(TARGETS)}")
+    cap, _ = TARGETS[target_name]
+    target = GPUTarget("cuda", cap, 32)
+    signature, constexprs, attrs, options = _specialize(launch, target)
+    key = (launch.kernel, target_name, repr(sorted(signature.items())), repr(sorted(constexprs.items(), key=str)),
+           repr(sorted(attrs.items(), key=str)), repr(sorted(options.__dict__.items())))
+    if key in _COMPILED:
+        return _COMPILED[key]
+    from triton import knobs
+    from triton.compiler import ASTSource
+    captured = io.StringIO()
+    with contextlib.redirect_stdout(captured), knobs.nvidia.scope():
+        knobs.nvidia.dump_ptxas_log = True
+        kernel = triton.compile(ASTSource(fn=launch.kernel, signature=signature, constexprs=constexprs, attrs=attrs),
+                                target=target, options=options.__dict__)
+    log = captured.getvalue()
+    arch = "sm_90a" if cap == 90 else f"sm_{cap}"
+    if "Used" not in log:
+        log = _ptxas_log(kernel.asm["ptx"], cap, arch)
+    metadata = kernel.metadata
+    stats = _ptxas_stats(log)
+    sass = _sass_counts(kernel.asm["cubin"], cap)
+    dots, dots_not_mma = _dot_counts(kernel.asm["ttgir"])
+    result = dict(stats, shared_bytes=int(metadata.shared), num_warps=metadata.num_warps,
+                  num_stages=metadata.num_stages, dots=dots, dots_not_mma=dots_not_mma, **sass)
+    _COMPILED[key] = result
+    return result
+
+
+# ---- the report -----------------------------------------------------------------------------------
+
+COLUMNS = ["triton", "target", "shape", "dtype", "stage", "source", "kernel", "grid", "constexprs", "num_warps",
+           "num_stages", "registers", "spill_store_bytes", "spill_load_bytes", "stack_bytes", "shared_bytes",
+           "shared_limit", "dots", "dots_not_mma", "HMMA", "HGMMA", "FFMA", "LDL", "STL", "flops",
+           "stage_flops", "stage_min_flops", "stage_flops_ratio", "error"]
+
+
+def _short(name):
+    return name.strip("_").removesuffix("_kernel")
+
+
+def _constexpr_text(constexprs):
+    return " ".join(f"{k}={getattr(v, '__name__', None) or str(v).replace('triton.language.', 'tl.')}"
+                    for k, v in constexprs.items())
+
+
+def select_kernel(launches, stage, kernel):
+    if kernel in (None, "all", stage):
+        return launches
+    return [x for x in launches if kernel in (x.kernel.__name__, _short(x.kernel.__name__))]
+
+
+def report_rows(shape_name, dtype_names, target_names, kernel=None, progress=None):
+    """One row per (target, dtype, launch) at shape `shape_name`."""
+    if shape_name not in SHAPES:
+        raise ValueError(f"unknown shape {shape_name!r}; choose from {', '.join(SHAPES)}")
+    for name in target_names:
+        if name not in TARGETS:
+            raise ValueError(f"unknown target {name!r}; choose from {', '.join(TARGETS)}")
+    for name in dtype_names:
+        if name not in DTYPES:
+            raise ValueError(f"unknown dtype {name!r}; choose from {', '.join(DTYPES)}")
+    s = SHAPES[shape_name]
+    rows = []
+    for dtype_name in dtype_names:
+        for stage, source, launches in plans(s, dtype_name):
+            stage_flops = sum(x.flops for x in launches)
+            minimal = minimal_flops(stage, s)
+            for launch in select_kernel(launches, stage, kernel):
+                for target_name in target_names:
+                    row = dict(triton=triton.__version__, target=target_name, shape=shape_name, dtype=dtype_name,
+                               stage=stage, source=source, kernel=launch.kernel.__name__,
+                               grid="x".join(str(g) for g in launch.grid), constexprs=_constexpr_text(launch.constexprs),
+                               num_warps=launch.num_warps, num_stages=launch.num_stages,
+                               shared_limit=TARGETS[target_name][1], flops=launch.flops, stage_flops=stage_flops,
+                               stage_min_flops=minimal,
+                               stage_flops_ratio=round(stage_flops / minimal, 3) if minimal else "", error="")
+                    try:
+                        row.update(compile_launch(launch, target_name))
+                    except Exception as error:  # a launch that does not compile is a finding of the report
+                        row["error"] = f"{type(error).__name__}: {str(error).strip().splitlines()[0][:300]}" \
+                            if str(error).strip() else type(error).__name__
+                    rows.append(row)
+                    if progress:
+                        progress(row)
+    if kernel not in (None, "all") and not rows:
+        known = sorted({_short(x.kernel.__name__) for _, _, ls in plans(s, dtype_names[0]) for x in ls})
+        raise ValueError(f"unknown kernel {kernel!r}; choose from {', '.join(known)} or a stage (hash, sort, fwd, bwd)")
+    return rows
+
+
+def problems(row):
+    """What the CI gate rejects in a row: spill stores, dots off the tensor cores in a tensor-core
+    dtype, shared memory over the target's limit, a compile error."""
+    found = []
+    if row.get("error"):
+        found.append(f"compile error: {row['error']}")
+        return found
+    if row["spill_store_bytes"]:
+        found.append(f"{row['spill_store_bytes']} B spill stores")
+    if row["dtype"] in TENSOR_CORE_DTYPES and row["dots_not_mma"]:
+        found.append(f"{row['dots_not_mma']} of {row['dots']} dots not on tensor cores")
+    if row["shared_bytes"] > row["shared_limit"]:
+        found.append(f"{row['shared_bytes']} B shared > {row['shared_limit']} B")
+    return found
+
+
+def line(row):
+    if row.get("error"):
+        return f"{row['target']:6s} {row['dtype']:11s} {_short(row['kernel']):26s} ERROR {row['error']}"
+    mma = row["HGMMA"] + row["HMMA"]
+    return (f"{row['target']:6s} {row['dtype']:11s} {_short(row['kernel']):26s} regs {row['registers']:3d} "
+            f"spill st/ld {row['spill_store_bytes']:5d}/{row['spill_load_bytes']:5d} B  smem {row['shared_bytes']:6d} B  "
+            f"w{row['num_warps']} s{row['num_stages']}  MMA {mma:4d} FFMA {row['FFMA']:5d} LDL {row['LDL']:4d} "
+            f"STL {row['STL']:4d}  dots {row['dots']} (not MMA {row['dots_not_mma']})  "
+            f"GFLOP {row['flops'] / 1e9:.2f}  [{row['constexprs']}]")
+
+
+def write_csv(rows, path):
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def markdown(rows, title):
+    lines = [f"# {title}", "",
+             "Static compile results (no GPU ran anything). `smem` = Triton's shared-memory allocation per block; "
+             "MMA = HMMA + HGMMA (tensor-core) SASS instructions; FFMA/LDL/STL = static SASS counts; "
+             "`dots !mma` = `tt.dot`s left without a tensor-core layout; GFLOP = the launch's FLOPs by the "
+             "kernel's model; stage x min = the stage's launches' FLOPs over the algorithm's minimal FLOPs.", "",
+             "| target | shape | dtype | stage | kernel | config | regs | spill st/ld B | smem B | MMA | FFMA | LDL | STL | "
+             "dots (!mma) | GFLOP | stage x min | gate |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        gate = "; ".join(problems(r)) or "ok"
+        if r.get("error"):
+            lines.append(f"| {r['target']} | {r['shape']} | {r['dtype']} | {r['stage']} | {_short(r['kernel'])} | "
+                         f"{r['constexprs']} w{r['num_warps']} s{r['num_stages']} | | | | | | | | | | | {gate} |")
+            continue
+        lines.append(
+            f"| {r['target']} | {r['shape']} | {r['dtype']} | {r['stage']} | {_short(r['kernel'])} | "
+            f"{r['constexprs']} w{r['num_warps']} s{r['num_stages']} | {r['registers']} | "
+            f"{r['spill_store_bytes']}/{r['spill_load_bytes']} | {r['shared_bytes']} | {r['HMMA'] + r['HGMMA']} | "
+            f"{r['FFMA']} | {r['LDL']} | {r['STL']} | {r['dots']} ({r['dots_not_mma']}) | {r['flops'] / 1e9:.2f} | "
+            f"{r['stage_flops_ratio']} | {gate} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--kernel", default=None, help="kernel name, short name or stage (default: all)")
+    parser.add_argument("--shape", default="training", help=f"one of {', '.join(SHAPES)} (default training)")
+    parser.add_argument("--dtype", default=None, help=f"one of {', '.join(DTYPES)} (default: all)")
+    parser.add_argument("--target", default=None, help=f"one of {', '.join(TARGETS)} (default: both)")
+    parser.add_argument("--csv", default=None, help="write the rows to this CSV")
+    parser.add_argument("--markdown", default=None, help="write the rows to this markdown file")
+    parser.add_argument("--all", action="store_true", help=f"every shape, dtype and target into {RESULTS}")
+    args = parser.parse_args(argv)
+    try:
+        shapes = list(SHAPES) if args.all else [args.shape]
+        dtypes = [args.dtype] if args.dtype else list(DTYPES)
+        targets = [args.target] if args.target else list(TARGETS)
+        rows = []
+        for shape_name in shapes:
+            rows += report_rows(shape_name, dtypes, targets, args.kernel, progress=lambda r: print(line(r), flush=True))
+    except ValueError as error:
+        parser.exit(2, f"compile_report: error: {error}\n")
+    if args.all:
+        version = triton.__version__
+        args.csv = args.csv or os.path.join(RESULTS, f"triton-{version}.csv")
+        args.markdown = args.markdown or os.path.join(RESULTS, f"triton-{version}.md")
+    if args.csv:
+        write_csv(rows, args.csv)
+    if args.markdown:
+        with open(args.markdown, "w") as handle:
+            handle.write(markdown(rows, f"Compile report, triton {triton.__version__}"))
+    bad = [r for r in rows if problems(r)]
+    print(f"{len(rows)} launches compiled; {len(bad)} with spill stores, dots off the tensor cores in a "
+          f"tensor-core dtype, shared memory over the limit, or compile errors")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
