@@ -319,17 +319,6 @@ def _sass_counts(cubin, cap):
     return counts
 
 
-def _ptxas_log(ptx, cap, arch):
-    """ptxas -v on the kernel's PTX (used when Triton's cache made its own ptxas run unnecessary)."""
-    with tempfile.TemporaryDirectory() as folder:
-        path = os.path.join(folder, "kernel.ptx")
-        with open(path, "w") as handle:
-            handle.write(ptx)
-        run = subprocess.run([_tool("ptxas", cap), "-v", "--regAllocOptLevel=2", f"--gpu-name={arch}", path,
-                              "-o", os.path.join(folder, "kernel.cubin")], capture_output=True, text=True, check=True)
-    return run.stderr + run.stdout
-
-
 _MMA_LAYOUT = re.compile(r"^#(\w+)\s*=\s*#(?:ttg|triton_gpu)\.nvidia_mma<", re.M)
 
 
@@ -366,15 +355,15 @@ def compile_launch(launch, target_name):
         return _COMPILED[key]
     from triton import knobs
     from triton.compiler import ASTSource
+    # Triton's own ptxas run (its flags differ between versions) prints its -v log only when it
+    # compiles, so the cache is bypassed.
     captured = io.StringIO()
-    with contextlib.redirect_stdout(captured), knobs.nvidia.scope():
+    with contextlib.redirect_stdout(captured), knobs.nvidia.scope(), knobs.compilation.scope():
         knobs.nvidia.dump_ptxas_log = True
+        knobs.compilation.always_compile = True
         kernel = triton.compile(ASTSource(fn=launch.kernel, signature=signature, constexprs=constexprs, attrs=attrs),
                                 target=target, options=options.__dict__)
     log = captured.getvalue()
-    arch = "sm_90a" if cap == 90 else f"sm_{cap}"
-    if "Used" not in log:
-        log = _ptxas_log(kernel.asm["ptx"], cap, arch)
     metadata = kernel.metadata
     stats = _ptxas_stats(log)
     sass = _sass_counts(kernel.asm["cubin"], cap)
@@ -405,7 +394,8 @@ def _constexpr_text(constexprs):
 def select_kernel(launches, stage, kernel):
     if kernel in (None, "all", stage):
         return launches
-    return [x for x in launches if kernel in (x.kernel.__name__, _short(x.kernel.__name__))]
+    return [x for x in launches if kernel in (x.kernel.__name__, _short(x.kernel.__name__))
+            or _short(x.kernel.__name__).endswith("_" + kernel)]
 
 
 def report_rows(shape_name, dtype_names, target_names, kernel=None, progress=None):
