@@ -16,7 +16,7 @@ and the minimal FLOPs of the stage's algorithm. No timing: nothing runs.
 
 Options: --kernel NAME (a kernel name such as `_window_attn_fwd_kernel`, a short name without the
 underscores/`_kernel`, or a stage: hash, sort, fwd, bwd; default all), --shape training|inference|demo,
---dtype fp32-ieee|fp32-tf32|fp32-tf32x3|bf16|fp16 (default all), --target sm_80|sm_90a (default both),
+--dtype fp32-ieee|fp32-tf32|fp32-tf32x3|bf16|fp16 (default all), --target sm_80|sm_90a (default both; comma-separated lists for several shapes/dtypes/targets),
 --csv PATH / --markdown PATH to write tables, --all for the full report.
 """
 import argparse
@@ -34,6 +34,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
+# Compiling needs real JIT functions: the CPU interpreter (TRITON_INTERPRET=1) replaces them.
+if __name__ == "__main__":
+    os.environ.pop("TRITON_INTERPRET", None)
 # Triton 3.9 warns that its default (FP fusion on, as in 3.6) will change; compile what runs today.
 os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
 
@@ -274,6 +277,9 @@ def _specialize(launch, target):
     from triton.compiler import make_backend
     from triton.runtime.jit import create_function_from_signature
     fn = launch.kernel
+    if not hasattr(fn, "_pack_args"):
+        raise RuntimeError(f"{getattr(fn, '__name__', fn)} is not a compilable JIT function "
+                           "(TRITON_INTERPRET=1 was set before triton was imported)")
     backend = make_backend(target)
     kwargs = dict(launch.args, **launch.constexprs, num_warps=launch.num_warps, num_stages=launch.num_stages)
     missing = set(fn.arg_names) - set(kwargs)
@@ -437,6 +443,31 @@ def report_rows(shape_name, dtype_names, target_names, kernel=None, progress=Non
     return rows
 
 
+def _report_task(task):
+    shape_name, dtype_names, target_name, kernel = task
+    return report_rows(shape_name, dtype_names, [target_name], kernel)
+
+
+def report(shape_names, dtype_names, target_names, kernel=None, jobs=1, progress=None):
+    """report_rows over several shapes, one (shape, target) per task, `jobs` worker processes."""
+    for name in shape_names:
+        if name not in SHAPES:
+            raise ValueError(f"unknown shape {name!r}; choose from {', '.join(SHAPES)}")
+    tasks = [(shape, list(dtype_names), target, kernel) for shape in shape_names for target in target_names]
+    if jobs <= 1 or len(tasks) == 1:
+        return [row for shape in shape_names
+                for row in report_rows(shape, dtype_names, target_names, kernel, progress)]
+    import concurrent.futures
+    import multiprocessing
+    with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        results = list(pool.map(_report_task, tasks))
+    rows = [row for result in results for row in result]
+    if progress:
+        for row in rows:
+            progress(row)
+    return rows
+
+
 def problems(row):
     """What the CI gate rejects in a row: spill stores, dots off the tensor cores in a tensor-core
     dtype, shared memory over the target's limit, a compile error."""
@@ -462,6 +493,17 @@ def line(row):
             f"w{row['num_warps']} s{row['num_stages']}  MMA {mma:4d} FFMA {row['FFMA']:5d} LDL {row['LDL']:4d} "
             f"STL {row['STL']:4d}  dots {row['dots']} (not MMA {row['dots_not_mma']})  "
             f"GFLOP {row['flops'] / 1e9:.2f}  [{row['constexprs']}]")
+
+
+NUMERIC = {"num_warps", "num_stages", "registers", "spill_store_bytes", "spill_load_bytes", "stack_bytes",
+           "shared_bytes", "shared_limit", "dots", "dots_not_mma", "HMMA", "HGMMA", "FFMA", "LDL", "STL", "flops",
+           "stage_flops", "stage_min_flops"}
+
+
+def read_csv(path):
+    """Rows written by write_csv, numbers as ints (empty where a launch did not compile)."""
+    with open(path, newline="") as handle:
+        return [{k: (int(v) if k in NUMERIC and v != "" else v) for k, v in row.items()} for row in csv.DictReader(handle)]
 
 
 def write_csv(rows, path):
@@ -499,20 +541,19 @@ def markdown(rows, title):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kernel", default=None, help="kernel name, short name or stage (default: all)")
-    parser.add_argument("--shape", default="training", help=f"one of {', '.join(SHAPES)} (default training)")
-    parser.add_argument("--dtype", default=None, help=f"one of {', '.join(DTYPES)} (default: all)")
-    parser.add_argument("--target", default=None, help=f"one of {', '.join(TARGETS)} (default: both)")
+    parser.add_argument("--shape", default="training", help=f"{', '.join(SHAPES)}; comma-separated for several (default training)")
+    parser.add_argument("--dtype", default=None, help=f"{', '.join(DTYPES)}; comma-separated for several (default: all)")
+    parser.add_argument("--target", default=None, help=f"{', '.join(TARGETS)}; comma-separated for both (default: both)")
     parser.add_argument("--csv", default=None, help="write the rows to this CSV")
     parser.add_argument("--markdown", default=None, help="write the rows to this markdown file")
     parser.add_argument("--all", action="store_true", help=f"every shape, dtype and target into {RESULTS}")
+    parser.add_argument("--jobs", type=int, default=1, help="worker processes, one (shape, target) each (default 1)")
     args = parser.parse_args(argv)
     try:
-        shapes = list(SHAPES) if args.all else [args.shape]
-        dtypes = [args.dtype] if args.dtype else list(DTYPES)
-        targets = [args.target] if args.target else list(TARGETS)
-        rows = []
-        for shape_name in shapes:
-            rows += report_rows(shape_name, dtypes, targets, args.kernel, progress=lambda r: print(line(r), flush=True))
+        shapes = list(SHAPES) if args.all else args.shape.split(",")
+        dtypes = args.dtype.split(",") if args.dtype else list(DTYPES)
+        targets = args.target.split(",") if args.target else list(TARGETS)
+        rows = report(shapes, dtypes, targets, args.kernel, args.jobs, progress=lambda r: print(line(r), flush=True))
     except ValueError as error:
         parser.exit(2, f"compile_report: error: {error}\n")
     if args.all:
