@@ -444,21 +444,22 @@ def report_rows(shape_name, dtype_names, target_names, kernel=None, progress=Non
 
 
 def _report_task(task):
-    shape_name, dtype_names, target_name, kernel = task
-    return report_rows(shape_name, dtype_names, [target_name], kernel)
+    shape_names, dtype_names, target_name, kernel = task
+    return [row for shape in shape_names for row in report_rows(shape, dtype_names, [target_name], kernel)]
 
 
 def report(shape_names, dtype_names, target_names, kernel=None, jobs=1, progress=None):
-    """report_rows over several shapes, one (shape, target) per task, `jobs` worker processes."""
+    """report_rows over several shapes; with jobs > 1, one worker process per target (launches that
+    specialise alike at two shapes are compiled once per process)."""
     for name in shape_names:
         if name not in SHAPES:
             raise ValueError(f"unknown shape {name!r}; choose from {', '.join(SHAPES)}")
-    tasks = [(shape, list(dtype_names), target, kernel) for shape in shape_names for target in target_names]
-    if jobs <= 1 or len(tasks) == 1:
+    if jobs <= 1 or len(target_names) == 1:
         return [row for shape in shape_names
                 for row in report_rows(shape, dtype_names, target_names, kernel, progress)]
     import concurrent.futures
     import multiprocessing
+    tasks = [(list(shape_names), list(dtype_names), target, kernel) for target in target_names]
     with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
         results = list(pool.map(_report_task, tasks))
     rows = [row for result in results for row in result]
@@ -547,7 +548,7 @@ def main(argv=None):
     parser.add_argument("--csv", default=None, help="write the rows to this CSV")
     parser.add_argument("--markdown", default=None, help="write the rows to this markdown file")
     parser.add_argument("--all", action="store_true", help=f"every shape, dtype and target into {RESULTS}")
-    parser.add_argument("--jobs", type=int, default=1, help="worker processes, one (shape, target) each (default 1)")
+    parser.add_argument("--jobs", type=int, default=1, help="worker processes, one target each (default 1)")
     args = parser.parse_args(argv)
     try:
         shapes = list(SHAPES) if args.all else args.shape.split(",")
