@@ -96,7 +96,7 @@ def test_reference_matches_naive(n, length, chunk_size, h):
     assert O.shape == (n, h, length, C) and lse.shape == (n, h, length)
     torch.testing.assert_close(O.gather(2, inv.unsqueeze(-1).expand(-1, -1, -1, C)), expected_O_pos, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(lse.gather(2, inv), expected_lse_pos, rtol=1e-12, atol=1e-12)
-    out, LSE = reference.combine_rounds(O, lse, inv)
+    out, LSE = reference.scatter_back(O, lse, inv)
     torch.testing.assert_close(out, expected_out, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(LSE, torch.logsumexp(expected_lse_pos, dim=1), rtol=1e-12, atol=1e-12)
 

@@ -1,5 +1,5 @@
 """Triton window-attention backward (`window_attn_bwd`) against float64 autograd of
-`reference.window_attention` + `reference.combine_rounds` with the same permutation.
+`reference.window_attention` + `reference.scatter_back` with the same permutation.
 
 float32: relative error <= 1e-4. bfloat16/float16: error against float64 no worse than twice that
 of the reference autograd run in the same dtype. Also: awkward shapes, determinism, and gradcheck
@@ -39,7 +39,7 @@ def reference_grads(q, v, F, g, perm, inv, chunk_size):
     """(dq, dv, dF) of sum(out * g) by autograd of the reference, in the inputs' dtype; also out, LSE."""
     leaves = [t.detach().requires_grad_() for t in (q, v, F)]
     O, lse = reference.window_attention(*leaves, perm, chunk_size)
-    out, LSE = reference.combine_rounds(O, lse, inv)
+    out, LSE = reference.scatter_back(O, lse, inv)
     grads = torch.autograd.grad((out * g.to(out.dtype)).sum(), leaves)
     return grads, out.detach(), LSE.detach()
 
@@ -117,7 +117,7 @@ class _ReferenceForwardTritonBackward(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, v, F, perm, inv, chunk_size):
         O, lse = reference.window_attention(q, v, F, perm, chunk_size)
-        out, LSE = reference.combine_rounds(O, lse, inv)
+        out, LSE = reference.scatter_back(O, lse, inv)
         ctx.save_for_backward(q, v, F, perm, inv, out, LSE)
         ctx.chunk_size = chunk_size
         return out
