@@ -173,19 +173,49 @@ def test_zero_queries_take_the_clamped_norm_branch():
 
 
 def test_every_config_of_the_lists_is_correct():
-    """Each candidate config (not only the first, which the interpreter picks) gives the same gradients."""
+    """Each candidate config that fits chunk 32 (not only the first, which the interpreter picks)
+    gives the right gradients; the dv and dkdq lists are walked side by side."""
     q, v, F, g, perm, inv = make_inputs(1, 2, 70, 8, 24, 32, 3, seed=13)
     expected, out = reference_grads(q, v, F, g, perm, inv, 32)
     args = kernel_args(q, v, F, g, perm, inv, out, 32, torch.float32)
-    for dv_cfg in bwd.DV_CONFIGS["float32"] + bwd.DV_CONFIGS["16-bit"]:
-        for dkdq_cfg in bwd.DKDQ_CONFIGS["float32"] + bwd.DKDQ_CONFIGS["16-bit"]:
-            if max(dv_cfg.kwargs["BLOCK_N"], dv_cfg.kwargs["BLOCK_M"], dkdq_cfg.kwargs["BLOCK_N"],
-                   dkdq_cfg.kwargs["BLOCK_M"]) > 32:
-                continue
-            launches, grads = window_attn_bwd_plan(*args, config=dict(dv=dv_cfg, dkdq=dkdq_cfg))
-            run(launches)
-            assert rel_error(grads["dv"], expected[1]) <= 1e-4, (dv_cfg, dkdq_cfg)
-            assert rel_error(grads["dF"], expected[2]) <= 1e-4, (dv_cfg, dkdq_cfg)
+    dv_configs = [cfg for table in bwd.DV_CONFIGS.values() for cfg in table]
+    dkdq_configs = [cfg for table in bwd.DKDQ_CONFIGS.values() for cfg in table]
+    fitting = [[cfg for cfg in table if max(cfg.kwargs["BLOCK_N"], cfg.kwargs["BLOCK_M"]) <= 32]
+               for table in (dv_configs, dkdq_configs)]
+    assert len(fitting[0]) >= 3 and len(fitting[1]) >= 3
+    for i in range(max(map(len, fitting))):
+        config = dict(dv=fitting[0][i % len(fitting[0])], dkdq=fitting[1][i % len(fitting[1])])
+        launches, grads = window_attn_bwd_plan(*args, config=config)
+        run(launches)
+        dq = grads["dq"] + bwd._key_normalization_backward(args[0], grads["dkey"])
+        for name, a, e in zip(("dq", "dv", "dF"), (dq, grads["dv"], grads["dF"]), expected):
+            assert rel_error(a, e) <= 1e-4, (name, config)
+
+
+def _meta_inputs(n, h, length, c, C, chunk_size, dtype):
+    meta = dict(device="meta")
+    padded = length + (-length) % chunk_size
+    return (torch.empty(n, length, c, dtype=dtype, **meta), torch.empty(n, length, C, dtype=dtype, **meta),
+            torch.empty(n, length, chunk_size, dtype=dtype, **meta), torch.empty(n, h, padded, dtype=torch.int32, **meta),
+            torch.empty(n, h, length, dtype=torch.int32, **meta), torch.empty(n, length, C, dtype=dtype, **meta),
+            *(torch.empty(n, length, **meta) for _ in range(3)), chunk_size)
+
+
+@pytest.mark.parametrize("dtype, precision, family", [
+    (torch.float32, "ieee", "fma"), (torch.float32, "tf32", "tf32"), (torch.float32, "tf32x3", "tf32"),
+    (torch.bfloat16, "tf32", "16-bit"), (torch.float16, "ieee", "16-bit"), (torch.float64, "tf32", "fma")])
+def test_precision_reaches_the_kernels(dtype, precision, family):
+    """The float32 dots' precision is a constexpr of both kernels (16-bit and float64 inputs: "ieee"),
+    and each picks the first config of its family that fits (the interpreter / meta tensors do not tune)."""
+    launches, _ = window_attn_bwd_plan(*_meta_inputs(2, 3, 300, 64, 256, 128, dtype), precision=precision)
+    expected = precision if dtype == torch.float32 else "ieee"
+    for launch, table in zip(launches[:2], (bwd.DV_CONFIGS, bwd.DKDQ_CONFIGS)):
+        assert launch.constexprs["PRECISION"] == expected
+        first = table[family][0]
+        assert all(launch.constexprs[k] == v for k, v in first.kwargs.items()), launch.name
+        assert (launch.num_warps, launch.num_stages) == (first.num_warps, first.num_stages)
+    with pytest.raises(ValueError, match="precision"):
+        window_attn_bwd_plan(*_meta_inputs(1, 1, 40, 8, 16, 16, dtype), precision="tf64")
 
 
 def _reversed_program_order(monkeypatch):
@@ -272,16 +302,12 @@ def test_gradcheck_float64(length, h, fast_mode):
         eps=1e-6, atol=1e-7, rtol=1e-5, fast_mode=fast_mode)
 
 
-def test_flops_model_within_1_15_of_minimal_at_the_training_shape():
+@pytest.mark.parametrize("dtype, precision", [(torch.float32, "ieee"), (torch.float32, "tf32"),
+                                              (torch.bfloat16, "ieee"), (torch.float16, "ieee")])
+def test_flops_model_within_1_15_of_minimal_at_the_training_shape(dtype, precision):
     """FLOPs of the launches (by their models) against the minimal backward, at batch 16, 48x48,
-    C = 256, c = 64, l = 128, h = 3, built from meta tensors."""
+    C = 256, c = 64, l = 128, h = 3, built from meta tensors with the configs the launcher picks."""
     n, h, length, c, C, chunk_size = 16, 3, 48 * 48, 64, 256, 128
-    meta = dict(device="meta")
-    for dtype in (torch.float32, torch.bfloat16, torch.float16):
-        launches, _ = window_attn_bwd_plan(
-            torch.empty(n, length, c, dtype=dtype, **meta), torch.empty(n, length, C, dtype=dtype, **meta),
-            torch.empty(n, length, chunk_size, dtype=dtype, **meta), torch.empty(n, h, length, dtype=torch.int32, **meta),
-            torch.empty(n, h, length, dtype=torch.int32, **meta), torch.empty(n, length, C, dtype=dtype, **meta),
-            *(torch.empty(n, length, **meta) for _ in range(3)), chunk_size)
-        ratio = sum(launch.flops for launch in launches) / bwd.minimal_bwd_flops(n, h, length, c, C, chunk_size)
-        assert 1.0 <= ratio <= 1.15, (dtype, ratio)
+    launches, _ = window_attn_bwd_plan(*_meta_inputs(n, h, length, c, C, chunk_size, dtype), precision=precision)
+    ratio = sum(launch.flops for launch in launches) / bwd.minimal_bwd_flops(n, h, length, c, C, chunk_size)
+    assert 1.0 <= ratio <= 1.15, ratio
