@@ -160,7 +160,9 @@ def triton_window_attention(q, v, F, perm, chunk_size, check_range=True):
     if check_range:
         _check_index_range("perm", perm, q.shape[1])
     with _launch_device(device):
-        return window_attn_fwd(q.contiguous(), v.contiguous(), F.contiguous(), perm.contiguous(), chunk_size)
+        O, round_max, round_sum = window_attn_fwd(q.contiguous(), v.contiguous(), F.contiguous(), perm.contiguous(),
+                                                  chunk_size)
+    return O, round_max + round_sum.log()
 
 
 def _combine_rounds(O, lse, inv, x, res_scale):
@@ -209,5 +211,6 @@ def gla_core_triton(q, v, F, rotations, chunk_size, x, res_scale):
     codes = triton_hash(q, rotations)
     with _launch_device(device):
         perm, inv = bucket_sort_fwd(codes, rotations.shape[2], chunk_size)
-        O, lse = window_attn_fwd(q.contiguous(), v.contiguous(), F.contiguous(), perm, chunk_size)
+        O, round_max, round_sum = window_attn_fwd(q.contiguous(), v.contiguous(), F.contiguous(), perm, chunk_size)
+        lse = round_max + round_sum.log()
     return _combine_rounds(O, lse, inv, x.contiguous(), res_scale)

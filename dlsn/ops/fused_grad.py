@@ -40,7 +40,8 @@ def _gla_attention_fwd(q: torch.Tensor, v: torch.Tensor, F: torch.Tensor, perm: 
                        x: torch.Tensor, chunk_size: int, res_scale: float
                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     with _launch_device(q.device):
-        O, lse = window_attn_fwd(q, v, F, perm, chunk_size)
+        O, round_max, round_sum = window_attn_fwd(q, v, F, perm, chunk_size)
+        lse = round_max + round_sum.log()
     return scatter_back(O, lse, inv, x, res_scale)
 
 
