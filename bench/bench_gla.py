@@ -6,8 +6,7 @@ and inference maps 64x64..512x512 (batch 1) forward; float32 and bf16 autocast.
 
 Providers (the whole layer: embeddings + attention core, fixed eval rotations):
 - reference: `dlsn.GLA(backend="reference")`, the pure-PyTorch path.
-- triton: `layer.embed` + `dlsn.ops.fused.gla_core_triton` (forward) or
-  `dlsn.ops.fused_grad.gla_core_triton_grad` (forward+backward).
+- triton: `layer.embed` + `dlsn.ops.fused.gla_attention` (forward, and forward+backward).
 - flex: `layer.embed`, reference hash + sort, then `torch.nn.attention.flex_attention` on the sorted
   sequences (heads = rounds), a block mask for the 3-chunk window, a `score_mod` adding
   `F[key, query slot in chunk]` (and log multiplicity of duplicated chunks when nC < 3), `scale=1`,
@@ -82,7 +81,7 @@ class FlexCore:
                     + log_mult[(kv_idx // chunk - q_idx // chunk) % n_chunks])
 
         out, lse = self.attend(q_s, k_s, v_s, score_mod=score_mod, block_mask=block, scale=1.0, return_lse=True)  # return_aux is absent in torch 2.11
-        merged, _ = reference.combine_rounds(out[:, :, :length], lse[:, :, :length].float(), inv)
+        merged, _ = reference.scatter_back(out[:, :, :length], lse[:, :, :length].float(), inv)
         n, channels, height, width = x.shape
         return merged.to(v.dtype).transpose(1, 2).reshape(n, channels, height, width) * res_scale + x
 
@@ -92,10 +91,7 @@ def triton_status(device, backward):
     if not ready:
         return None, reason
     try:
-        if backward:
-            from dlsn.ops.fused_grad import gla_core_triton_grad as core
-        else:
-            from dlsn.ops.fused import gla_core_triton as core
+        from dlsn.ops.fused import gla_attention as core
     except ImportError as error:
         return None, f"fused {'backward' if backward else 'forward'} not importable: {error}"
     return core, ""

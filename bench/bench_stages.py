@@ -40,7 +40,7 @@ def scatter_stage():
 
 def backward_stage():
     try:
-        from dlsn.ops.fused_grad import _gla_attention_bwd, _gla_attention_fwd
+        from dlsn.ops.fused import _gla_attention_bwd, _gla_attention_fwd
     except ImportError as error:
         return None, f"fused backward not importable: {error}"
     return (_gla_attention_fwd, _gla_attention_bwd), ""
@@ -115,11 +115,12 @@ def main(argv=None):
                 cb = elem * s["N"] * s["L"] * s["C"] * (s["h"] + 2) + 8 * s["N"] * s["h"] * s["L"]
 
                 def reference_merge():
-                    out, _ = reference.combine_rounds(O, lse, inv_ref)
+                    out, _ = reference.scatter_back(O, lse, inv_ref)
                     return out.to(dtype).transpose(1, 2).reshape(x.shape) + x
                 rec("scatter-back", shape, "reference", dtype, reference_merge, 0, cb)
                 if scatter_back:
-                    rec("scatter-back", shape, "triton", dtype, lambda: scatter_back(O, lse, inv, x, 1.0), 0, cb)
+                    rec("scatter-back", shape, "triton", dtype,
+                        lambda: scatter_back(O, lse, torch.ones_like(lse), inv, x, 1.0), 0, cb)
                 else:
                     recorder.skip("scatter-back", shape, "triton", dtype, scatter_reason)
                 # fc: Linear(C->l), ReLU, Linear(l->l) once per position (shared by every provider)
@@ -133,11 +134,11 @@ def main(argv=None):
             if bwd_ops:
                 fwd_op, bwd_op = bwd_ops
                 with torch.no_grad():
-                    y, out, LSE = fwd_op(q, v, F, perm, inv, x, chunk, 1.0)
+                    y, out, lse_max, lse_sum = fwd_op(q, v, F, perm, inv, x, chunk, 1.0, "ieee")
                 dy = torch.randn_like(y)
                 bb = elem * n_l * (2 * s["C"] + s["c"] + s["C"] + s["l"]) * 2 + 4 * n_l
                 rec("attention-bwd", shape, "triton", dtype,
-                    lambda: bwd_op(dy, q, v, F, perm, inv, out, LSE, chunk, 1.0),
+                    lambda: bwd_op(dy, q, v, F, perm, inv, out, lse_max, lse_sum, chunk, 1.0, "ieee"),
                     int(2.5 * harness.attention_flops(s)), bb)
             else:
                 recorder.skip("attention-bwd", shape, "triton", dtype, bwd_reason)
@@ -145,7 +146,7 @@ def main(argv=None):
 
             def reference_bwd():
                 O_r, lse_r = reference.window_attention(qg, vg, Fg, perm_ref, chunk)
-                out_r, _ = reference.combine_rounds(O_r, lse_r, inv_ref)
+                out_r, _ = reference.scatter_back(O_r, lse_r, inv_ref)
                 out_r.backward(torch.ones_like(out_r))
             rec("attention-bwd", shape, "reference", dtype, reference_bwd,
                 int(3.5 * harness.attention_flops(s)), None)

@@ -39,6 +39,8 @@ class ModelConfig:
     res_scale: float = 0.1
     rgb_range: float = 1.0
     backend: str = "auto"
+    fp32_precision: Optional[str] = None
+    check_finite: bool = False
 
 
 @dataclass

@@ -1,13 +1,17 @@
-"""The Global Learnable Attention module (contract: shared/design/GLA.md)."""
-import os
-
+"""The Global Learnable Attention module (docs/gla.md says what it computes)."""
 import torch
 from torch import nn
 
 from . import reference
+from .hashing import n_buckets, sblsh_rotations
+from .kernels.constants import CHUNK_SIZES
+from .ops import triton_device_problem
+from ._extension import extension_available
 
 BACKENDS = ("auto", "reference", "triton")
-TRITON_CHUNK_SIZES = (16, 32, 64, 128, 256)
+FP32_PRECISIONS = (None, "ieee", "tf32", "tf32x3")
+# torch.get_float32_matmul_precision() -> the kernels' float32 dot mode.
+MATMUL_PRECISION_TO_FP32 = {"highest": "ieee", "high": "tf32x3", "medium": "tf32"}
 
 
 def _triton_importable() -> bool:
@@ -34,19 +38,24 @@ class GLA(nn.Module):
         max_buckets: upper bound on the number of buckets.
         res_scale: scale of the attention output before the residual add.
         backend: "reference" (pure PyTorch), "triton" (fused kernels) or "auto": "triton" for CUDA
-            inputs when Triton is installed and the chunk size is supported, else "reference".
+            inputs when Triton and the C++/CUDA extension are installed and the chunk size is
+            supported, else "reference".
         eval_seed: seed of the rotations used in eval mode. Training mode draws fresh rotations
             from torch's RNG on every call (as published); eval mode draws them once per bucket
             count from a CPU generator seeded with `eval_seed`, so inference is deterministic and
             identical across devices. `dlsn.DLSN` gives every layer its own seed (its group index).
-
-    `forward(x, rotations=None)`: `x` [N, C, H, W] floating point; explicit `rotations`
-    [n_hashes, C // reduction, n_buckets] override the drawn ones (n_buckets from
-    `dlsn.reference.n_buckets(H*W, chunk_size, max_buckets)`). Returns [N, C, H, W].
+        fp32_precision: how the fused kernels run float32 dots: "ieee" (exact FMAs), "tf32" (TF32
+            tensor cores) or "tf32x3" (three TF32 products, near-float32 accuracy); None follows
+            `torch.get_float32_matmul_precision()`: "highest" -> "ieee", "high" -> "tf32x3",
+            "medium" -> "tf32". The hash projection is always exact float32; 16-bit inputs always
+            use 16-bit tensor cores; the reference backend follows torch's own setting.
+        check_finite: raise a ValueError naming the layer when the input holds NaN or inf (off by
+            default: the check costs a device sync). Without it non-finite input is not an error:
+            see `forward`.
     """
 
     def __init__(self, channels, reduction=4, chunk_size=128, n_hashes=3, max_buckets=128,
-                 res_scale=1.0, backend="auto", eval_seed=0):
+                 res_scale=1.0, backend="auto", eval_seed=0, fp32_precision=None, check_finite=False):
         super().__init__()
         for name, value in (("channels", channels), ("reduction", reduction), ("chunk_size", chunk_size),
                             ("n_hashes", n_hashes), ("max_buckets", max_buckets)):
@@ -56,6 +65,8 @@ class GLA(nn.Module):
             raise ValueError(f"GLA: channels ({channels}) must be divisible by reduction ({reduction})")
         if backend not in BACKENDS:
             raise ValueError(f"GLA: backend must be one of {BACKENDS}, got {backend!r}")
+        if fp32_precision not in FP32_PRECISIONS:
+            raise ValueError(f"GLA: fp32_precision must be one of {FP32_PRECISIONS}, got {fp32_precision!r}")
         self.channels = channels
         self.reduction = reduction
         self.chunk_size = chunk_size
@@ -64,6 +75,10 @@ class GLA(nn.Module):
         self.res_scale = res_scale
         self.backend = backend
         self.eval_seed = eval_seed
+        self.fp32_precision = fp32_precision
+        self.check_finite = bool(check_finite)
+        # How errors name this layer; dlsn.DLSN sets it to the layer's path in the model.
+        self.layer_name = "GLA"
         match_channels = channels // reduction
         self.conv_match = _conv_relu(channels, match_channels)
         self.conv_assembly = _conv_relu(channels, channels)
@@ -76,41 +91,47 @@ class GLA(nn.Module):
     def extra_repr(self):
         return (f"channels={self.channels}, reduction={self.reduction}, chunk_size={self.chunk_size}, "
                 f"n_hashes={self.n_hashes}, max_buckets={self.max_buckets}, res_scale={self.res_scale}, "
-                f"backend={self.backend!r}, eval_seed={self.eval_seed}")
+                f"backend={self.backend!r}, eval_seed={self.eval_seed}, fp32_precision={self.fp32_precision!r}, "
+                f"check_finite={self.check_finite}")
 
     def n_buckets(self, length):
-        return reference.n_buckets(length, self.chunk_size, self.max_buckets)
+        return n_buckets(length, self.chunk_size, self.max_buckets)
 
     def rotations_for(self, length, device):
         """The rotations this module uses for `length = H*W` positions in its current mode."""
         buckets = self.n_buckets(length)
         match_channels = self.channels // self.reduction
         if self.training:
-            return reference.sblsh_rotations(match_channels, buckets, self.n_hashes, device=device)
+            return sblsh_rotations(match_channels, buckets, self.n_hashes, device=device)
         key = (buckets, str(device))
         if key not in self._eval_rotations:
             generator = torch.Generator().manual_seed(self.eval_seed)
-            self._eval_rotations[key] = reference.sblsh_rotations(
+            self._eval_rotations[key] = sblsh_rotations(
                 match_channels, buckets, self.n_hashes, generator=generator, device=device
             )
         return self._eval_rotations[key]
+
+    def kernel_precision(self):
+        """The float32 dot mode the fused kernels get now: "ieee", "tf32" or "tf32x3"."""
+        if self.fp32_precision is not None:
+            return self.fp32_precision
+        return MATMUL_PRECISION_TO_FP32[torch.get_float32_matmul_precision()]
 
     def resolve_backend(self, x):
         """The backend a call on `x` runs: "reference" or "triton"."""
         if self.backend == "reference":
             return "reference"
-        triton_ok = _triton_importable() and self.chunk_size in TRITON_CHUNK_SIZES
         if self.backend == "auto":
-            return "triton" if x.is_cuda and triton_ok else "reference"
+            # CPU tensors never import triton here: importing it fixes whether its interpreter is used.
+            triton_ok = x.is_cuda and self.chunk_size in CHUNK_SIZES and _triton_importable() and extension_available()
+            return "triton" if triton_ok else "reference"
         if not _triton_importable():
             raise RuntimeError("GLA(backend='triton') needs the triton package; install it or use backend='reference'")
-        if self.chunk_size not in TRITON_CHUNK_SIZES:
-            raise ValueError(f"GLA(backend='triton') supports chunk_size in {TRITON_CHUNK_SIZES}, got {self.chunk_size}")
-        if not x.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
-            raise RuntimeError(
-                f"GLA(backend='triton') got a tensor on {x.device}; the Triton kernels need a CUDA tensor "
-                "(or TRITON_INTERPRET=1, set before triton is imported, to run them on the CPU interpreter)"
-            )
+        if self.chunk_size not in CHUNK_SIZES:
+            raise ValueError(f"GLA(backend='triton') supports chunk_size in {CHUNK_SIZES}, got {self.chunk_size}")
+        problem = triton_device_problem(x.device)
+        if problem:
+            raise RuntimeError(f"GLA(backend='triton') got a tensor on {x.device}: {problem}")
         return "triton"
 
     def _check_input(self, x, rotations):
@@ -124,6 +145,10 @@ class GLA(nn.Module):
             raise ValueError(f"GLA expects x with {self.channels} channels, got shape {tuple(x.shape)}")
         if x.shape[0] == 0 or x.shape[2] * x.shape[3] == 0:
             raise ValueError(f"GLA expects a non-empty x, got shape {tuple(x.shape)}")
+        if self.check_finite and not torch.isfinite(x).all():
+            count = (~torch.isfinite(x)).sum().item()
+            raise ValueError(f"{self.layer_name}: the input holds {count} non-finite value(s) (NaN or inf) "
+                             f"of {x.numel()} (check_finite=True)")
         if rotations is None:
             return
         if not isinstance(rotations, torch.Tensor) or not rotations.is_floating_point():
@@ -138,7 +163,7 @@ class GLA(nn.Module):
             raise ValueError(f"GLA: rotations are on {rotations.device} but x is on {x.device}")
 
     def embed(self, x):
-        """The learned embeddings as rows: q [N, L, c], v [N, L, C], F = fc(f) [N, L, l]."""
+        """The learned embeddings as rows: q [N, L, c], v [N, L, C], learned = fc(f) [N, L, l]."""
         def rows(t):
             return t.flatten(2).transpose(1, 2)
 
@@ -148,19 +173,36 @@ class GLA(nn.Module):
         return q, v, learned
 
     def forward(self, x, rotations=None):
+        """Attend every position to its hash buckets' windows; returns `res_scale * attention + x`.
+
+        Args:
+            x: [N, C, H, W] float32, float16 or bfloat16 (float64 on the reference backend);
+                H*W = L may be anything >= 1 (L < chunk_size works: one padded chunk).
+            rotations: optional [n_hashes, C // reduction, n_buckets] floating point, with
+                n_buckets = `self.n_buckets(H*W)`. None: training mode draws fresh rotations from
+                torch's RNG on every call; eval mode uses fixed ones seeded by `eval_seed`.
+        Returns:
+            [N, C, H, W] in x's dtype (under autocast: the attention in the autocast dtype plus x,
+            promoted).
+
+        Both backends compute the same function (docs/gla.md): queries q = conv_match(x) hashed to
+        buckets by the rotations in float32, a stable sort per round, windows of 3 chunks, scores
+        q . normalize(q_key) + fc(f_key)[i], a softmax over every round's window, residual add.
+        The "triton" backend runs the fused kernels for training, inference and autocast alike;
+        float32 dots follow `fp32_precision`. Gradients reach x and every parameter; the hash codes
+        are constants. Non-finite input: a NaN/inf projection never wins the hash and a row of them
+        goes to bucket 0, so the call never fails on it; NaN then reaches exactly the outputs whose
+        windows or rounds touch a non-finite value, identically on both backends. `check_finite=True`
+        turns non-finite input into a ValueError naming the layer.
+        """
         self._check_input(x, rotations)
         backend = self.resolve_backend(x)
         if rotations is None:
             rotations = self.rotations_for(x.shape[2] * x.shape[3], x.device)
         q, v, learned = self.embed(x)
         if backend == "triton":
-            from .ops.fused import gla_core_triton
-            from .ops.fused_grad import gla_core_triton_grad
+            from .ops.fused import gla_attention
 
-            # The differentiable op also covers autocast (x in float32, embeddings in 16 bit);
-            # the forward-only pipeline skips saving what backward needs.
-            needs_graph = torch.is_grad_enabled() and any(t.requires_grad for t in (x, q, v, learned))
-            if needs_graph or x.dtype != v.dtype:
-                return gla_core_triton_grad(q, v, learned, rotations, self.chunk_size, x, self.res_scale)
-            return gla_core_triton(q, v, learned, rotations, self.chunk_size, x, self.res_scale)
+            return gla_attention(q, v, learned, rotations, self.chunk_size, x, self.res_scale,
+                                 precision=self.kernel_precision())
         return reference.gla_core(q, v, learned, rotations, self.chunk_size, x, self.res_scale)

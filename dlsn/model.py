@@ -50,11 +50,12 @@ class GLAFFM(nn.Module):
     """`n_resblocks` x LFFB -> GLA -> Conv3x3, output `body(x) * res_scale + x`."""
 
     def __init__(self, n_feats, n_resblocks=4, reduction=4, chunk_size=128, n_hashes=3, res_scale=0.1,
-                 backend="auto", eval_seed=0):
+                 backend="auto", eval_seed=0, fp32_precision=None, check_finite=False):
         super().__init__()
         blocks = [LFFB(n_feats) for _ in range(n_resblocks)]
         blocks.append(GLA(n_feats, reduction=reduction, chunk_size=chunk_size, n_hashes=n_hashes,
-                          res_scale=1.0, backend=backend, eval_seed=eval_seed))
+                          res_scale=1.0, backend=backend, eval_seed=eval_seed, fp32_precision=fp32_precision,
+                          check_finite=check_finite))
         blocks.append(default_conv(n_feats, n_feats, 3))
         self.body = nn.Sequential(*blocks)
         self.res_scale = res_scale
@@ -98,13 +99,15 @@ class DLSN(nn.Module):
     """Deep Learnable Similarity Network for single-image super-resolution.
 
     `forward(x)`: `x` [N, n_colors, h, w] in [0, rgb_range] -> [N, n_colors, scale*h, scale*w].
-    Defaults are the published hyper-parameters. Layer `i`'s GLA uses eval seed `i`.
+    Defaults are the published hyper-parameters. Layer `i`'s GLA uses eval seed `i`; `backend`,
+    `fp32_precision` and `check_finite` go to every GLA (see `dlsn.GLA`).
     `load_state_dict` accepts published checkpoints wrapped as `unwrap_state_dict` describes.
     The parameter `a` is unused, as in the published model, and kept for key compatibility.
     """
 
     def __init__(self, scale=2, n_resgroups=10, n_resblocks=4, n_feats=256, reduction=4, chunk_size=128,
-                 n_hashes=3, res_scale=0.1, rgb_range=1.0, n_colors=3, backend="auto"):
+                 n_hashes=3, res_scale=0.1, rgb_range=1.0, n_colors=3, backend="auto", fp32_precision=None,
+                 check_finite=False):
         super().__init__()
         if scale not in SUPPORTED_SCALES:
             raise ValueError(f"DLSN supports scales {SUPPORTED_SCALES}, got {scale!r}")
@@ -119,12 +122,16 @@ class DLSN(nn.Module):
         self.sub_mean = MeanShift(rgb_range, sign=-1)
         self.head = nn.Sequential(default_conv(n_colors, n_feats, 3))
         groups = [
-            GLAFFM(n_feats, n_resblocks, reduction, chunk_size, n_hashes, res_scale, backend, eval_seed=index)
+            GLAFFM(n_feats, n_resblocks, reduction, chunk_size, n_hashes, res_scale, backend, eval_seed=index,
+                   fp32_precision=fp32_precision, check_finite=check_finite)
             for index in range(n_resgroups)
         ]
         self.body = nn.Sequential(*groups, default_conv(n_feats, n_feats, 3))
         self.tail = nn.Sequential(Upsampler(scale, n_feats), default_conv(n_feats, n_colors, 3))
         self.add_mean = MeanShift(rgb_range, sign=1)
+        for name, module in self.named_modules():
+            if isinstance(module, GLA):
+                module.layer_name = f"DLSN.{name}"
 
     def forward(self, x):
         if not isinstance(x, torch.Tensor):

@@ -1,4 +1,4 @@
-"""Gradients of the fused GLA (`dlsn.ops.fused_grad`) against reference autograd.
+"""Gradients of the fused GLA (`dlsn.ops.fused`) against reference autograd.
 
 - x and every GLA parameter: float32 relative error <= 1e-4 against float64 reference autograd with
   the same permutation; under autocast (bfloat16/float16) no worse than twice the error of the
@@ -7,23 +7,19 @@
   N * L * max(C, l) or N * h * Lp, i.e. nothing with a 3l or l x 3l factor; bytes printed next to
   the reference's.
 - determinism, and a few optimiser steps of a small DLSN on the fused path tracking the reference.
-`dlsn.GLA(backend="triton")` routes grad-mode and autocast calls through `gla_core_triton_grad`.
+`dlsn.GLA(backend="triton")` runs every call through `dlsn.ops.fused.gla_attention`.
 """
 import copy
-import os
 
+import pytest
 import torch
+import triton
+import triton.language as tl
+from conftest import DEVICE, rel_error
 
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-
-import pytest  # noqa: E402
-
-import dlsn  # noqa: E402
-from dlsn import reference  # noqa: E402
-from dlsn.ops.fused_grad import gla_attention  # noqa: E402
-
-DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+import dlsn
+from dlsn import reference
+from dlsn.ops.fused import sorted_attention
 
 
 def make_gla(C, chunk_size, h, seed):
@@ -43,9 +39,9 @@ def sorted_slots(gla, x):
 def gla_with_slots(gla, x, perm, inv, fused_path):
     q, v, F = gla.embed(x)
     if fused_path:
-        return gla_attention(q, v, F, perm.int(), inv.int(), x, gla.chunk_size, gla.res_scale)
+        return sorted_attention(q, v, F, perm.int(), inv.int(), x, gla.chunk_size, gla.res_scale)
     O, lse = reference.window_attention(q, v, F, perm, gla.chunk_size)
-    out, _ = reference.combine_rounds(O, lse, inv)
+    out, _ = reference.scatter_back(O, lse, inv)
     return out.transpose(1, 2).reshape(x.shape).to(O.dtype) * gla.res_scale + x
 
 
@@ -59,10 +55,6 @@ def gradients(gla, x, grad_y, perm, inv, fused_path, autocast_dtype=None):
     grads = {"x": x.grad}
     grads.update({name: p.grad for name, p in gla.named_parameters()})
     return grads
-
-
-def rel_error(actual, expected):
-    return ((actual.double() - expected.double()).norm() / expected.double().norm()).item()
 
 
 SHAPES = [
@@ -109,15 +101,37 @@ def test_autocast_gradients_no_worse_than_reference(dtype):
         assert rel_error(actual[name], exact[name]) <= bound, (name, rel_error(actual[name], exact[name]), bound)
 
 
-def test_two_backward_passes_are_bitwise_equal():
+def test_gradients_are_bitwise_equal_in_any_program_order(request):
+    """Two runs, the second with every launch's programs in reverse order: bitwise-equal forward and
+    gradients (no atomics; slot gradients fold in a fixed order)."""
     C, H, W, chunk_size, h = SHAPES[0]
     gla = make_gla(C, chunk_size, h, seed=9)
     x = torch.randn(1, C, H, W, device=DEVICE)
     grad_y = torch.randn(1, C, H, W, device=DEVICE)
     perm, inv = sorted_slots(gla, x)
     first = gradients(gla, x, grad_y, perm, inv, fused_path=True)
+    request.getfixturevalue("reversed_program_order")
     second = gradients(gla, x, grad_y, perm, inv, fused_path=True)
     assert all(torch.equal(first[name], second[name]) for name in first)
+
+
+@triton.jit
+def _sum_in_program_order_kernel(X, OUT):
+    tl.atomic_add(OUT, tl.load(X + tl.program_id(0)))
+
+
+def test_reversed_program_order_shows_an_order_dependent_reduction(request):
+    """The check above can fail: a float sum accumulated in program order (atomics) changes bits."""
+    values = torch.tensor([1.0, 1e8, -1e8], device=DEVICE)
+
+    def total():
+        out = torch.zeros(1, device=DEVICE)
+        _sum_in_program_order_kernel[(3,)](values, out)
+        return out.item()
+
+    in_order = total()
+    request.getfixturevalue("reversed_program_order")
+    assert (in_order, total()) == (0.0, 1.0)
 
 
 def saved_tensors_of(fn, parameters):
@@ -204,13 +218,13 @@ def test_bad_input_raises_before_launch():
     perm = torch.zeros(1, 2, 32, device=DEVICE, dtype=torch.int32)
     inv = torch.zeros(1, 2, 20, device=DEVICE, dtype=torch.int32)
     with pytest.raises(TypeError, match="perm"):
-        gla_attention(q, v, F, perm.long(), inv, x, 16, 1.0)
+        sorted_attention(q, v, F, perm.long(), inv, x, 16, 1.0)
     with pytest.raises(ValueError, match="inv"):
-        gla_attention(q, v, F, perm, inv[:, :1], x, 16, 1.0)
+        sorted_attention(q, v, F, perm, inv[:, :1], x, 16, 1.0)
     with pytest.raises(ValueError, match="x must have shape"):
-        gla_attention(q, v, F, perm, inv, x[:, :8], 16, 1.0)
+        sorted_attention(q, v, F, perm, inv, x[:, :8], 16, 1.0)
     with pytest.raises(ValueError, match="chunk_size"):
-        gla_attention(q, v, F, perm, inv, x, 24, 1.0)
+        sorted_attention(q, v, F, perm, inv, x, 24, 1.0)
 
 
 def test_opcheck_forward_and_backward_ops():
@@ -225,9 +239,10 @@ def test_opcheck_forward_and_backward_ops():
     x = torch.randn(n, C, H, W, device=DEVICE, requires_grad=True)
     perm, inv = reference.sort_permutation(torch.randint(0, 2, (n, h, length), device=DEVICE), chunk_size)
     perm, inv = perm.int(), inv.int()
-    torch.library.opcheck(torch.ops.dlsn.gla_attention_fwd.default, (q, v, F, perm, inv, x, chunk_size, 0.5))
+    torch.library.opcheck(torch.ops.dlsn.gla_attention_fwd.default, (q, v, F, perm, inv, x, chunk_size, 0.5, "ieee"))
     detached = [t.detach() for t in (q, v, F, x)]
-    _, out, LSE = torch.ops.dlsn.gla_attention_fwd(*detached[:3], perm, inv, detached[3], chunk_size, 0.5)
+    _, out, lse_max, lse_sum = torch.ops.dlsn.gla_attention_fwd(*detached[:3], perm, inv, detached[3], chunk_size,
+                                                                 0.5, "ieee")
     grad_y = torch.randn(n, C, H, W, device=DEVICE)
     torch.library.opcheck(torch.ops.dlsn.gla_attention_bwd.default,
-                          (grad_y, *detached[:3], perm, inv, out, LSE, chunk_size, 0.5))
+                          (grad_y, *detached[:3], perm, inv, out, lse_max, lse_sum, chunk_size, 0.5, "ieee"))

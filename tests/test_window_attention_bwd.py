@@ -1,5 +1,5 @@
 """Triton window-attention backward (`window_attn_bwd`) against float64 autograd of
-`reference.window_attention` + `reference.combine_rounds` with the same permutation.
+`reference.window_attention` + `reference.scatter_back` with the same permutation.
 
 The backward takes the round merge's statistics lse_max / lse_sum (interface 2); the tests compute
 them from the scores as the merge does (per position: max over rounds of the round's row max, and
@@ -76,7 +76,7 @@ def reference_grads(q, v, F, g, perm, inv, chunk_size):
     """(dq, dv, dF) of sum(out * g) by autograd of the reference, in the inputs' dtype; also out."""
     leaves = [t.detach().requires_grad_() for t in (q, v, F)]
     O, lse = reference.window_attention(*leaves, perm, chunk_size)
-    out, _ = reference.combine_rounds(O, lse, inv)
+    out, _ = reference.scatter_back(O, lse, inv)
     grads = torch.autograd.grad((out * g.to(out.dtype)).sum(), leaves)
     return grads, out.detach()
 
@@ -275,7 +275,7 @@ class _ReferenceForwardTritonBackward(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, v, F, perm, inv, chunk_size):
         O, lse = reference.window_attention(q, v, F, perm, chunk_size)
-        out, _ = reference.combine_rounds(O, lse, inv)
+        out, _ = reference.scatter_back(O, lse, inv)
         ctx.save_for_backward(q, v, F, perm, inv, out, *merge_stats(q, F, perm, inv, chunk_size, q.dtype))
         ctx.chunk_size = chunk_size
         return out

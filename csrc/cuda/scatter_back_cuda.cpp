@@ -1,4 +1,4 @@
-// CUDA implementations of the scatter-back ops: argument checks, device guard, current stream,
+// CUDA implementations of the scatter-back op and attention_grad_rows: argument checks, device guard, current stream,
 // and dispatch to the raw-pointer launchers of scatter_back_kernels.cu. Compiled only in CUDA
 // builds (setup.py defines DLSN_WITH_CUDA); uses c10/cuda headers only, not ATen/cuda.
 #ifdef DLSN_WITH_CUDA
@@ -33,42 +33,24 @@ void check_rounds(const MergeSizes& sz, const char* op) {
                     " hash rounds, got h = ", sz.h);
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> scatter_back_cuda(const at::Tensor& O, const at::Tensor& lse,
-                                                                 const at::Tensor& inv, const at::Tensor& residual,
-                                                                 double res_scale) {
-  const MergeSizes sz = check_scatter_back_args(O, lse, inv, residual);
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> scatter_back_cuda(
+    const at::Tensor& O, const at::Tensor& round_max, const at::Tensor& round_sum, const at::Tensor& inv,
+    const at::Tensor& residual, double res_scale) {
+  const MergeSizes sz = check_scatter_back_args(O, round_max, round_sum, inv, residual);
   check_cuda(O, "scatter_back");
   check_rounds(sz, "scatter_back");
   const cuda::ElementType type = element_type(O, "scatter_back", "O");
   const c10::cuda::CUDAGuard guard(O.device());
   at::Tensor y = at::empty_like(residual);
   at::Tensor out = at::empty({sz.N, sz.L, sz.C}, O.options());
-  at::Tensor LSE = at::empty({sz.N, sz.L}, lse.options());
-  C10_CUDA_CHECK(cuda::scatter_back_fwd(type, O.data_ptr(), lse.data_ptr<float>(), inv.data_ptr<int32_t>(),
-                                        residual.data_ptr(), y.data_ptr(), out.data_ptr(), LSE.data_ptr<float>(),
-                                        sz.N, sz.h, sz.L, sz.C, static_cast<float>(res_scale),
+  at::Tensor lse_max = at::empty({sz.N, sz.L}, round_max.options());
+  at::Tensor lse_sum = at::empty({sz.N, sz.L}, round_max.options());
+  C10_CUDA_CHECK(cuda::scatter_back_fwd(type, O.data_ptr(), round_max.data_ptr<float>(), round_sum.data_ptr<float>(),
+                                        inv.data_ptr<int32_t>(), residual.data_ptr(), y.data_ptr(), out.data_ptr(),
+                                        lse_max.data_ptr<float>(), lse_sum.data_ptr<float>(), sz.N, sz.h, sz.L, sz.C,
+                                        static_cast<float>(res_scale),
                                         c10::cuda::getCurrentCUDAStream(O.device().index()).stream()));
-  return {y, out, LSE};
-}
-
-std::tuple<at::Tensor, at::Tensor> scatter_back_backward_cuda(const at::Tensor& grad_y,
-                                                              const c10::optional<at::Tensor>& grad_out,
-                                                              const at::Tensor& O, const at::Tensor& lse,
-                                                              const at::Tensor& inv, const at::Tensor& out,
-                                                              const at::Tensor& LSE, double res_scale) {
-  const MergeSizes sz = check_scatter_back_backward_args(grad_y, grad_out, O, lse, inv, out, LSE);
-  check_cuda(O, "scatter_back_backward");
-  check_rounds(sz, "scatter_back_backward");
-  const cuda::ElementType type = element_type(O, "scatter_back_backward", "O");
-  const c10::cuda::CUDAGuard guard(O.device());
-  at::Tensor grad_O = at::empty_like(O);
-  at::Tensor grad_lse = at::empty_like(lse);
-  C10_CUDA_CHECK(cuda::scatter_back_bwd(
-      type, grad_y.data_ptr(), grad_out.has_value() ? grad_out->data_ptr() : nullptr, O.data_ptr(),
-      lse.data_ptr<float>(), inv.data_ptr<int32_t>(), out.data_ptr(), LSE.data_ptr<float>(), grad_O.data_ptr(),
-      grad_lse.data_ptr<float>(), sz.N, sz.h, sz.L, sz.C, static_cast<float>(res_scale),
-      c10::cuda::getCurrentCUDAStream(O.device().index()).stream()));
-  return {grad_O, grad_lse};
+  return {y, out, lse_max, lse_sum};
 }
 
 std::tuple<at::Tensor, at::Tensor> attention_grad_rows_cuda(const at::Tensor& grad_y, const at::Tensor& out,
@@ -90,7 +72,6 @@ std::tuple<at::Tensor, at::Tensor> attention_grad_rows_cuda(const at::Tensor& gr
 
 TORCH_LIBRARY_IMPL(dlsn, CUDA, m) {
   m.impl("scatter_back", &dlsn::scatter_back_cuda);
-  m.impl("scatter_back_backward", &dlsn::scatter_back_backward_cuda);
   m.impl("attention_grad_rows", &dlsn::attention_grad_rows_cuda);
 }
 

@@ -1,4 +1,5 @@
-// Scatter-back kernels: merge the h per-round attention results of every position (contract §4).
+// Scatter-back kernels: unsort and merge the h per-round attention results of every position
+// (docs/internals.md, stage 4; the CPU twin is csrc/scatter_back.cpp).
 //
 // One block handles a tile of kTile positions of one image and loops over the channels in chunks
 // of kLanes * VEC. Row-major tensors ([.., L, C]: O, out, grad_out, g) are read and written with
@@ -70,12 +71,14 @@ __device__ __forceinline__ float lane_sum(float v) {
 }
 
 // Per-position round weights of the tile: off_sh[r * kTile + p] = row offset of O[n, r, s_r],
-// w_sh[r * kTile + p] = w_r. With LSE_out the merged log-sum-exp is computed and written (forward);
-// otherwise it is read from LSE_in (backward, w_r = exp(lse_r - LSE)). A position with an inv entry
-// outside [0, L) gets off_sh = -1 and NaN weights: kernels skip its rows and report NaN.
-__device__ void round_weights(const float* lse, const int32_t* inv, const float* LSE_in, float* LSE_out,
-                              int64_t n, int64_t p0, int64_t h, int64_t L, int64_t C, int64_t* off_sh,
-                              float* w_sh) {
+// w_sh[r * kTile + p] = w_r = round_sum_r exp(round_max_r - lse_max) / lse_sum, so the weights sum
+// to 1 at any score magnitude; lse_max and lse_sum are written per position. A NaN statistic makes
+// every weight of its position NaN (fmaxf skips it, the sum does not), as on the CPU. A position
+// with an inv entry outside [0, L) gets off_sh = -1 and NaN weights: kernels skip its rows and
+// report NaN.
+__device__ void round_weights(const float* round_max, const float* round_sum, const int32_t* inv,
+                              float* lse_max, float* lse_sum, int64_t n, int64_t p0, int64_t h, int64_t L,
+                              int64_t C, int64_t* off_sh, float* w_sh) {
   for (int p = threadIdx.x; p < kTile; p += blockDim.x) {
     const int64_t pos = p0 + p;
     if (pos >= L) {
@@ -94,19 +97,19 @@ __device__ void round_weights(const float* lse, const int32_t* inv, const float*
     for (int64_t r = 0; r < h; ++r) {
       const int64_t slot = (n * h + r) * L + (valid ? inv[(n * h + r) * L + pos] : 0);
       off_sh[r * kTile + p] = valid ? slot * C : -1;
-      w_sh[r * kTile + p] = lse[slot];
-      m = fmaxf(m, lse[slot]);
+      m = fmaxf(m, round_max[slot]);
     }
-    float merged;
-    if (LSE_out != nullptr) {
-      float sum = 0.f;
-      for (int64_t r = 0; r < h; ++r) sum += expf(w_sh[r * kTile + p] - m);
-      merged = valid ? m + logf(sum) : NAN;
-      LSE_out[n * L + pos] = merged;
-    } else {
-      merged = valid ? LSE_in[n * L + pos] : NAN;
+    float sum = 0.f;
+    for (int64_t r = 0; r < h; ++r) {
+      const int64_t slot = (n * h + r) * L + (valid ? inv[(n * h + r) * L + pos] : 0);
+      const float weight = round_sum[slot] * expf(round_max[slot] - m);
+      w_sh[r * kTile + p] = weight;
+      sum += weight;
     }
-    for (int64_t r = 0; r < h; ++r) w_sh[r * kTile + p] = expf(w_sh[r * kTile + p] - merged);
+    if (!valid) sum = NAN;
+    for (int64_t r = 0; r < h; ++r) w_sh[r * kTile + p] /= sum;
+    lse_max[n * L + pos] = valid ? m : NAN;
+    lse_sum[n * L + pos] = sum;
   }
 }
 
@@ -125,10 +128,11 @@ __device__ void load_nchw_tile(const T* src, int64_t n, int64_t c0, int64_t p0, 
 
 template <typename T, int VEC>
 __global__ void __launch_bounds__(kThreads)
-    scatter_back_fwd_kernel(const T* __restrict__ O, const float* __restrict__ lse,
-                            const int32_t* __restrict__ inv, const T* __restrict__ residual,
-                            T* __restrict__ y, T* __restrict__ out, float* __restrict__ LSE, int64_t h,
-                            int64_t L, int64_t C, int64_t tiles_per_image, float res_scale) {
+    scatter_back_fwd_kernel(const T* __restrict__ O, const float* __restrict__ round_max,
+                            const float* __restrict__ round_sum, const int32_t* __restrict__ inv,
+                            const T* __restrict__ residual, T* __restrict__ y, T* __restrict__ out,
+                            float* __restrict__ lse_max, float* __restrict__ lse_sum, int64_t h, int64_t L,
+                            int64_t C, int64_t tiles_per_image, float res_scale) {
   constexpr int kWidth = kLanes * VEC;
   extern __shared__ float4 smem[];
   int64_t* off_sh = reinterpret_cast<int64_t*>(smem);
@@ -137,7 +141,7 @@ __global__ void __launch_bounds__(kThreads)
 
   const int64_t n = blockIdx.x / tiles_per_image;
   const int64_t p0 = (blockIdx.x % tiles_per_image) * kTile;
-  round_weights(lse, inv, nullptr, LSE, n, p0, h, L, C, off_sh, w_sh);
+  round_weights(round_max, round_sum, inv, lse_max, lse_sum, n, p0, h, L, C, off_sh, w_sh);
   __syncthreads();
 
   for (int64_t c0 = 0; c0 < C; c0 += kWidth) {
@@ -176,77 +180,6 @@ __global__ void __launch_bounds__(kThreads)
       y[idx] = from_float<T>(res_scale * tile[p * (kWidth + 1) + cc] + to_float(residual[idx]));
     }
     __syncthreads();
-  }
-}
-
-template <typename T, int VEC>
-__global__ void __launch_bounds__(kThreads)
-    scatter_back_bwd_kernel(const T* __restrict__ grad_y, const T* __restrict__ grad_out,
-                            const T* __restrict__ O, const float* __restrict__ lse,
-                            const int32_t* __restrict__ inv, const T* __restrict__ out,
-                            const float* __restrict__ LSE, T* __restrict__ grad_O,
-                            float* __restrict__ grad_lse, int64_t h, int64_t L, int64_t C,
-                            int64_t tiles_per_image, float res_scale) {
-  constexpr int kWidth = kLanes * VEC;
-  extern __shared__ float4 smem[];
-  int64_t* off_sh = reinterpret_cast<int64_t*>(smem);
-  float* w_sh = reinterpret_cast<float*>(off_sh + h * kTile);
-  float* dot_sh = w_sh + h * kTile;
-  float* tile = dot_sh + h * kTile;
-
-  const int64_t n = blockIdx.x / tiles_per_image;
-  const int64_t p0 = (blockIdx.x % tiles_per_image) * kTile;
-  round_weights(lse, inv, LSE, nullptr, n, p0, h, L, C, off_sh, w_sh);
-  for (int64_t i = threadIdx.x; i < h * kTile; i += kThreads) dot_sh[i] = 0.f;
-  __syncthreads();
-
-  for (int64_t c0 = 0; c0 < C; c0 += kWidth) {
-    load_nchw_tile(grad_y, n, c0, p0, C, L, kWidth, res_scale, tile);
-    __syncthreads();
-    for (int item = threadIdx.x; item < kTile * kLanes; item += kThreads) {
-      const int p = item / kLanes;
-      const int lane = item % kLanes;
-      const int64_t pos = p0 + p;
-      const int64_t c = c0 + lane * VEC;
-      const bool active = pos < L && c < C;
-      float G[VEC] = {};
-      float merged[VEC] = {};
-      if (active) {
-        if (grad_out != nullptr) load_vec<T, VEC>(grad_out + (n * L + pos) * C + c, G);
-#pragma unroll
-        for (int j = 0; j < VEC; ++j) G[j] += tile[p * (kWidth + 1) + lane * VEC + j];
-        load_vec<T, VEC>(out + (n * L + pos) * C + c, merged);
-      }
-      for (int64_t r = 0; r < h; ++r) {
-        float dot = 0.f;
-        if (active && off_sh[r * kTile + p] >= 0) {
-          const int64_t off = off_sh[r * kTile + p] + c;
-          const float w = w_sh[r * kTile + p];
-          float o[VEC];
-          float go[VEC];
-          load_vec<T, VEC>(O + off, o);
-#pragma unroll
-          for (int j = 0; j < VEC; ++j) {
-            dot += G[j] * (o[j] - merged[j]);
-            go[j] = w * G[j];
-          }
-          store_vec<T, VEC>(grad_O + off, go);
-        }
-        dot = lane_sum(dot);
-        if (lane == 0 && pos < L) dot_sh[r * kTile + p] += dot;
-      }
-    }
-    __syncthreads();
-  }
-
-  for (int64_t i = threadIdx.x; i < h * kTile; i += kThreads) {
-    const int64_t r = i / kTile;
-    const int p = static_cast<int>(i % kTile);
-    const int64_t pos = p0 + p;
-    if (pos >= L) continue;
-    const int64_t s = inv[(n * h + r) * L + pos];
-    if (s < 0 || s >= L) continue;
-    grad_lse[(n * h + r) * L + s] = w_sh[i] * dot_sh[i];
   }
 }
 
@@ -347,9 +280,10 @@ size_t tile_bytes(int vec) { return sizeof(float) * kTile * (kLanes * vec + 1); 
 
 }  // namespace
 
-cudaError_t scatter_back_fwd(ElementType type, const void* O, const float* lse, const int32_t* inv,
-                             const void* residual, void* y, void* out, float* LSE, int64_t N,
-                             int64_t h, int64_t L, int64_t C, float res_scale, cudaStream_t stream) {
+cudaError_t scatter_back_fwd(ElementType type, const void* O, const float* round_max, const float* round_sum,
+                             const int32_t* inv, const void* residual, void* y, void* out, float* lse_max,
+                             float* lse_sum, int64_t N, int64_t h, int64_t L, int64_t C, float res_scale,
+                             cudaStream_t stream) {
   if (h < 1 || h > kMaxRounds || C < 0) return cudaErrorInvalidValue;
   int64_t tiles_per_image;
   unsigned blocks;
@@ -361,31 +295,8 @@ cudaError_t scatter_back_fwd(ElementType type, const void* O, const float* lse, 
       constexpr int VEC = decltype(vec)::value;
       const size_t smem = sizeof(int64_t) * h * kTile + sizeof(float) * h * kTile + tile_bytes(VEC);
       scatter_back_fwd_kernel<T, VEC><<<blocks, kThreads, smem, stream>>>(
-          static_cast<const T*>(O), lse, inv, static_cast<const T*>(residual), static_cast<T*>(y),
-          static_cast<T*>(out), LSE, h, L, C, tiles_per_image, res_scale);
-    });
-    return cudaGetLastError();
-  });
-}
-
-cudaError_t scatter_back_bwd(ElementType type, const void* grad_y, const void* grad_out,
-                             const void* O, const float* lse, const int32_t* inv, const void* out,
-                             const float* LSE, void* grad_O, float* grad_lse, int64_t N, int64_t h,
-                             int64_t L, int64_t C, float res_scale, cudaStream_t stream) {
-  if (h < 1 || h > kMaxRounds || C < 0) return cudaErrorInvalidValue;
-  int64_t tiles_per_image;
-  unsigned blocks;
-  if (!grid_for(N, L, &tiles_per_image, &blocks)) return cudaErrorInvalidValue;
-  if (blocks == 0) return cudaSuccess;
-  return with_type(type, [&](auto zero) {
-    using T = decltype(zero);
-    with_vec<T>(pick_vec<T>(C, {grad_out, O, out, grad_O}), [&](auto vec) {
-      constexpr int VEC = decltype(vec)::value;
-      const size_t smem = sizeof(int64_t) * h * kTile + 2 * sizeof(float) * h * kTile + tile_bytes(VEC);
-      scatter_back_bwd_kernel<T, VEC><<<blocks, kThreads, smem, stream>>>(
-          static_cast<const T*>(grad_y), static_cast<const T*>(grad_out), static_cast<const T*>(O), lse,
-          inv, static_cast<const T*>(out), LSE, static_cast<T*>(grad_O), grad_lse, h, L, C,
-          tiles_per_image, res_scale);
+          static_cast<const T*>(O), round_max, round_sum, inv, static_cast<const T*>(residual),
+          static_cast<T*>(y), static_cast<T*>(out), lse_max, lse_sum, h, L, C, tiles_per_image, res_scale);
     });
     return cudaGetLastError();
   });
