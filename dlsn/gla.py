@@ -122,8 +122,9 @@ class GLA(nn.Module):
         if self.backend == "reference":
             return "reference"
         if self.backend == "auto":
-            triton_ok = _triton_importable() and extension_available() and self.chunk_size in CHUNK_SIZES
-            return "triton" if x.is_cuda and triton_ok else "reference"
+            # CPU tensors never import triton here: importing it fixes whether its interpreter is used.
+            triton_ok = x.is_cuda and self.chunk_size in CHUNK_SIZES and _triton_importable() and extension_available()
+            return "triton" if triton_ok else "reference"
         if not _triton_importable():
             raise RuntimeError("GLA(backend='triton') needs the triton package; install it or use backend='reference'")
         if self.chunk_size not in CHUNK_SIZES:

@@ -32,7 +32,7 @@ def hash_codes(q, rotations):
 
 
 def sort_permutation(codes, chunk_size):
-    """Stable per-round sort by code, padded to a multiple of `chunk_size` (docs/gla.md, "Sorting and padding").
+    """Stable per-round sort by code, padded to a multiple of `chunk_size` (docs/gla.md §3).
 
     Returns `perm` [N, h, Lp] (original position at each slot; padded slot `t` repeats slot
     `(t - p) mod L`) and `inv` [N, h, L] (slot of each position among the real slots).
@@ -62,7 +62,7 @@ def _windows(chunks):
 
 
 def window_attention(q, v, learned, perm, chunk_size):
-    """Per-round attention over each chunk's 3-chunk key window (docs/gla.md, "Windows and scores").
+    """Per-round attention over each chunk's 3-chunk key window (docs/gla.md §4).
 
     Returns `O` [N, h, L, C] and `lse` [N, h, L] for the real sorted slots, in the input dtype.
     """

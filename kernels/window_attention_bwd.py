@@ -1,67 +1,70 @@
 """Backward of the blocked window attention (contract sections 4-5, docs/internals.md "Fused backward").
 
-One softmax over all rounds: with `LSE[pos] = logsumexp_r lse_r[pos]`, `g` the gradient of the merged
-output `out` and `D[pos] = g[pos] . out[pos]`, for every round, real query slot `t < L`
-(`i = t mod l`) and key slot `j` of its window (each multiset listing separately):
+One softmax over all rounds, normalised as the forward's round merge normalises it: with
+`lse_max[pos] = max_r round_max_r[pos]` and `lse_sum[pos] = sum_r round_sum_r[pos] exp(round_max_r[pos]
+- lse_max[pos])` (interface 2), `g` the gradient of the merged output `out` and
+`D[pos] = g[pos] . out[pos]`, for every round, real query slot `t < L` (`i = t mod l`) and key slot
+`j` of its window (each multiset listing separately):
 
-    P_tj  = exp(s_tj - LSE[perm t])
+    P_tj  = exp(s_tj - lse_max[perm t]) / lse_sum[perm t]
     dS_tj = P_tj * (g[perm t] . v[perm j] - D[perm t])
     dv[perm j]    += P_tj g[perm t]
     dkey[perm j]  += dS_tj q[perm t]            then dq += d normalize(q) (dkey)
     dq[perm t]    += dS_tj key[perm j]
     dF[perm j, i] += dS_tj
 
-Deterministic, no atomics: key-side gradients are computed per (n, r, key block) over the three
-query-chunk listings whose windows hold that key chunk (query chunks kc, kc - 1, kc + 1 mod nC,
-the same chunk several times when nC < 3), query-side per (n, r, query block) over its window;
-both write per-slot buffers that `_fold_slots_kernel` reduces to positions in a fixed order
-(rounds ascending, then the padded duplicates of each slot). Accumulation in float32 (float64 for
-float64 inputs, which exists for gradcheck).
+`s - lse_max` is exact to the scores' own rounding at any magnitude (subtracting an `LSE` rounded
+to float32 is not: an error of |LSE| 2^-24 in every exponent).
+
+Two passes over key blocks, each program covering every query of the three windows that list its
+keys (query chunks kc, kc - 1, kc + 1 mod nC; the same chunk several times when nC < 3):
+- `_window_attn_bwd_dv_kernel`: S, P, dv += P^T g over all C value columns at once;
+  2 (c + C) FLOPs per score element.
+- `_window_attn_bwd_dkdq_kernel`: S, P, dP = g v^T (C reduced in BLOCK_C tiles), dS, then dkey, dF
+  and this key block's share of dq (dS key), written to a transient per-(query slot, key block)
+  buffer; 2 (3c + C) FLOPs per score element.
+Together 2 (4c + 2C) per score element against the minimal 2 (3c + 2C) (S, dP, dV, dK, dQ once
+each): 1.09x at c = 64, C = 256.
+Deterministic, no atomics: every buffer row is written by exactly one program, and
+`_fold_slots_kernel` reduces the buffers to positions in a fixed order (rounds ascending, then each
+slot's dq parts in key-block order or its padded duplicates in order). Accumulation in float32
+(float64 for float64 inputs, which exists for gradcheck).
+
+Transient buffers (float32; allocated per call, nothing is kept): dv, dF and dkey slots N h Lp (C + l + c)
+and the dq parts N h L (3 l / BLOCK_N) c. At the training shape (N = 16, h = 3, L = Lp = 2304,
+C = 256, c = 64, l = 128) that is 198 MB of slots plus dq parts of 340 MB ("fma" configs, 32-key
+blocks), 170 MB ("tf32", 64) or 85 MB (16-bit, 128); at the inference shape (N = 1, 512 x 512) 1.4 GB
+of slots and 2.4 / 1.2 / 0.6 GB of dq parts.
 """
 import torch
 import triton
 import triton.language as tl
 
 from .constants import KEY_NORM_EPS
-from .window_common import (key_chunk_of_listing, load_keys, query_chunk_of_listing, round_rows, window_dot,
-                            window_scores)
+from .launch import Config, Launch, config_blocks, pick_config, run
+from .window_common import load_keys, query_chunk_of_listing, round_rows, window_dot, window_scores
 
 
 @triton.jit
-def _probabilities(q, key, f_rows, key_pos, query_in_chunk, query_pos, query_mask, LSE,
+def _probabilities(q, key, f_rows, key_pos, query_in_chunk, query_pos, query_mask, LSE_MAX, LSE_SUM,
                    CHUNK: tl.constexpr, PRECISION: tl.constexpr, ACC: tl.constexpr, UPCAST: tl.constexpr):
-    """P [BLOCK_M, BLOCK_N] = exp(q . key + F[key, i] - LSE[query]); 0 on padded query rows."""
+    """P [BLOCK_M, BLOCK_N] = exp(q . key + F[key, i] - lse_max[query]) / lse_sum[query]; 0 on padded
+    query rows."""
     scores = window_scores(q, key, f_rows, key_pos, query_in_chunk, CHUNK, PRECISION, UPCAST, ACC)
-    lse = tl.load(LSE + query_pos, mask=query_mask, other=0.0).to(ACC)
-    return tl.where(query_mask[:, None], tl.exp(scores - lse[:, None]), 0.0)
-
-
-@triton.jit
-def _score_gradient(p, g_rows, v_rows, query_pos, query_mask, key_pos, DELTA, value_channels,
-                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr,
-                    PRECISION: tl.constexpr, ACC: tl.constexpr, UPCAST: tl.constexpr):
-    """dS = P * (g[query] . v[key] - D[query]), the value dim reduced in BLOCK_C tiles."""
-    dp = tl.zeros([BLOCK_M, BLOCK_N], ACC)
-    for col_start in range(0, value_channels, BLOCK_C):
-        cols = col_start + tl.arange(0, BLOCK_C)
-        col_mask = cols < value_channels
-        g = tl.load(g_rows + query_pos[:, None] * value_channels + cols[None, :],
-                    mask=query_mask[:, None] & col_mask[None, :], other=0.0)
-        v = tl.load(v_rows + key_pos[:, None] * value_channels + cols[None, :], mask=col_mask[None, :], other=0.0)
-        dp += window_dot(g, tl.trans(v.to(g.dtype)), PRECISION, UPCAST, ACC)
-    delta = tl.load(DELTA + query_pos, mask=query_mask, other=0.0).to(ACC)
-    return p * (dp - delta[:, None])
+    row_max = tl.load(LSE_MAX + query_pos, mask=query_mask, other=0.0).to(ACC)
+    row_scale = 1.0 / tl.load(LSE_SUM + query_pos, mask=query_mask, other=1.0).to(ACC)
+    return tl.where(query_mask[:, None], tl.exp(scores - row_max[:, None]) * row_scale[:, None], 0.0)
 
 
 @triton.jit
 def _window_attn_bwd_dv_kernel(
-    Q, F, G, PERM, LSE, DV_SLOT,
+    Q, F, G, PERM, LSE_MAX, LSE_SUM, DV_SLOT,
     length, padded_length, n_chunks, n_hashes, match_channels, value_channels,
     CHUNK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_C: tl.constexpr, PRECISION: tl.constexpr, ACC: tl.constexpr, UPCAST: tl.constexpr,
 ):
-    """DV_SLOT[n, r, j, cols] = sum over windows holding key slot j of P_tj g[perm t, cols].
-    Grid: (nC * CHUNK / BLOCK_N, N * h, value-dim tiles)."""
+    """DV_SLOT[n, r, j, :] = sum over the windows holding key slot j of P_tj g[perm t, :], all value
+    columns in one program (BLOCK_C >= C), so P is computed once. Grid: (nC * CHUNK / BLOCK_N, N * h)."""
     pid_k = tl.program_id(0)
     nr = tl.program_id(1).to(tl.int64)
     n, perm_row, q_rows, g_rows, f_rows = round_rows(Q, G, F, PERM, nr, n_hashes, length, padded_length,
@@ -69,10 +72,9 @@ def _window_attn_bwd_dv_kernel(
     blocks_per_chunk: tl.constexpr = CHUNK // BLOCK_N
     key_chunk = pid_k // blocks_per_chunk
     key_slot = key_chunk * CHUNK + (pid_k % blocks_per_chunk) * BLOCK_N + tl.arange(0, BLOCK_N)
-    lse_rows = LSE + n * length
     dims = tl.arange(0, BLOCK_D)
     dim_mask = dims < match_channels
-    cols = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)
+    cols = tl.arange(0, BLOCK_C)
     col_mask = cols < value_channels
 
     key_pos = tl.load(perm_row + key_slot).to(tl.int64)
@@ -87,8 +89,8 @@ def _window_attn_bwd_dv_kernel(
         query_pos = tl.load(perm_row + query_slot, mask=query_mask, other=0).to(tl.int64)
         q = tl.load(q_rows + query_pos[:, None] * match_channels + dims[None, :],
                     mask=query_mask[:, None] & dim_mask[None, :], other=0.0)
-        p = _probabilities(q, key, f_rows, key_pos, query_in_chunk, query_pos, query_mask, lse_rows,
-                           CHUNK, PRECISION, ACC, UPCAST)
+        p = _probabilities(q, key, f_rows, key_pos, query_in_chunk, query_pos, query_mask,
+                           LSE_MAX + n * length, LSE_SUM + n * length, CHUNK, PRECISION, ACC, UPCAST)
         g = tl.load(g_rows + query_pos[:, None] * value_channels + cols[None, :],
                     mask=query_mask[:, None] & col_mask[None, :], other=0.0)
         dv += window_dot(tl.trans(p).to(g.dtype), g, PRECISION, UPCAST, ACC)
@@ -97,22 +99,27 @@ def _window_attn_bwd_dv_kernel(
 
 
 @triton.jit
-def _window_attn_bwd_dkdf_kernel(
-    Q, V, F, G, PERM, LSE, DELTA, DK_SLOT, DF_SLOT,
+def _window_attn_bwd_dkdq_kernel(
+    Q, V, F, G, PERM, LSE_MAX, LSE_SUM, DELTA, DKEY_SLOT, DF_SLOT, DQ_PARTS,
     length, padded_length, n_chunks, n_hashes, match_channels, value_channels,
     CHUNK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_C: tl.constexpr, PRECISION: tl.constexpr, ACC: tl.constexpr, UPCAST: tl.constexpr,
 ):
-    """DK_SLOT[n, r, j] = sum dS_tj q[perm t] (gradient of the normalised key), DF_SLOT[n, r, j, i]
-    = sum dS_tj over the listings of slot j. Grid: (nC * CHUNK / BLOCK_N, N * h)."""
+    """For key block b of key chunk kc and the query chunks listing it (listing 0, 1, 2):
+    DKEY_SLOT[n, r, j] = sum dS_tj q[perm t] (gradient of the normalised key),
+    DF_SLOT[n, r, j, i] = sum dS_tj, and DQ_PARTS[n, r, t, listing * CHUNK / BLOCK_N + b] =
+    sum_{j in block} dS_tj key[perm j] (each (query slot, part) written by one program).
+    Grid: (nC * CHUNK / BLOCK_N, N * h)."""
     pid_k = tl.program_id(0)
     nr = tl.program_id(1).to(tl.int64)
     n, perm_row, q_rows, v_rows, f_rows = round_rows(Q, V, F, PERM, nr, n_hashes, length, padded_length,
                                                      match_channels, value_channels, CHUNK)
     g_rows = G + n * length * value_channels
     blocks_per_chunk: tl.constexpr = CHUNK // BLOCK_N
+    n_parts: tl.constexpr = 3 * blocks_per_chunk
     key_chunk = pid_k // blocks_per_chunk
-    key_slot = key_chunk * CHUNK + (pid_k % blocks_per_chunk) * BLOCK_N + tl.arange(0, BLOCK_N)
+    key_block = pid_k % blocks_per_chunk
+    key_slot = key_chunk * CHUNK + key_block * BLOCK_N + tl.arange(0, BLOCK_N)
     dims = tl.arange(0, BLOCK_D)
     dim_mask = dims < match_channels
 
@@ -130,95 +137,72 @@ def _window_attn_bwd_dkdf_kernel(
             query_pos = tl.load(perm_row + query_slot, mask=query_mask, other=0).to(tl.int64)
             q = tl.load(q_rows + query_pos[:, None] * match_channels + dims[None, :],
                         mask=query_mask[:, None] & dim_mask[None, :], other=0.0)
-            p = _probabilities(q, key, f_rows, key_pos, query_in_chunk, query_pos, query_mask, LSE + n * length,
-                               CHUNK, PRECISION, ACC, UPCAST)
-            ds = _score_gradient(p, g_rows, v_rows, query_pos, query_mask, key_pos, DELTA + n * length,
-                                 value_channels, BLOCK_M, BLOCK_N, BLOCK_C, PRECISION, ACC, UPCAST)
+            p = _probabilities(q, key, f_rows, key_pos, query_in_chunk, query_pos, query_mask,
+                               LSE_MAX + n * length, LSE_SUM + n * length, CHUNK, PRECISION, ACC, UPCAST)
+            dp = tl.zeros([BLOCK_M, BLOCK_N], ACC)
+            for col_start in range(0, value_channels, BLOCK_C):
+                cols = col_start + tl.arange(0, BLOCK_C)
+                col_mask = cols < value_channels
+                g = tl.load(g_rows + query_pos[:, None] * value_channels + cols[None, :],
+                            mask=query_mask[:, None] & col_mask[None, :], other=0.0)
+                v = tl.load(v_rows + key_pos[:, None] * value_channels + cols[None, :],
+                            mask=col_mask[None, :], other=0.0)
+                dp += window_dot(g, tl.trans(v.to(g.dtype)), PRECISION, UPCAST, ACC)
+            delta = tl.load(DELTA + n * length + query_pos, mask=query_mask, other=0.0).to(ACC)
+            ds = p * (dp - delta[:, None])
             dkey += window_dot(tl.trans(ds).to(q.dtype), q, PRECISION, UPCAST, ACC)
             dF += ds
+            dq_part = window_dot(ds.to(q.dtype), key.to(q.dtype), PRECISION, UPCAST, ACC)
+            part = listing * blocks_per_chunk + key_block
+            tl.store(DQ_PARTS + ((nr * length + query_slot[:, None]) * n_parts + part) * match_channels + dims[None, :],
+                     dq_part, mask=query_mask[:, None] & dim_mask[None, :])
         tl.store(DF_SLOT + (nr * padded_length + key_slot[None, :]) * CHUNK + query_in_chunk[:, None], dF)
-    tl.store(DK_SLOT + (nr * padded_length + key_slot[:, None]) * BLOCK_D + dims[None, :], dkey)
-
-
-@triton.jit
-def _window_attn_bwd_dq_kernel(
-    Q, V, F, G, PERM, LSE, DELTA, DQ_ROUND,
-    length, padded_length, n_chunks, n_hashes, match_channels, value_channels,
-    CHUNK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-    BLOCK_C: tl.constexpr, PRECISION: tl.constexpr, ACC: tl.constexpr, UPCAST: tl.constexpr,
-):
-    """DQ_ROUND[n, r, perm t] = sum_j dS_tj key[perm j] (query role; one real slot per position and
-    round, so rows never collide). Grid: (nC * CHUNK / BLOCK_M, N * h)."""
-    pid_m = tl.program_id(0)
-    nr = tl.program_id(1).to(tl.int64)
-    n, perm_row, q_rows, v_rows, f_rows = round_rows(Q, V, F, PERM, nr, n_hashes, length, padded_length,
-                                                     match_channels, value_channels, CHUNK)
-    g_rows = G + n * length * value_channels
-    query_blocks: tl.constexpr = CHUNK // BLOCK_M
-    query_chunk = pid_m // query_blocks
-    query_in_chunk = (pid_m % query_blocks) * BLOCK_M + tl.arange(0, BLOCK_M)
-    query_slot = query_chunk * CHUNK + query_in_chunk
-    query_mask = query_slot < length
-    dims = tl.arange(0, BLOCK_D)
-    dim_mask = dims < match_channels
-
-    query_pos = tl.load(perm_row + query_slot, mask=query_mask, other=0).to(tl.int64)
-    q = tl.load(q_rows + query_pos[:, None] * match_channels + dims[None, :],
-                mask=query_mask[:, None] & dim_mask[None, :], other=0.0)
-    dq = tl.zeros([BLOCK_M, BLOCK_D], ACC)
-    blocks_per_chunk: tl.constexpr = CHUNK // BLOCK_N
-    for key_block in range(3 * blocks_per_chunk):
-        key_chunk = key_chunk_of_listing(query_chunk, key_block // blocks_per_chunk, n_chunks)
-        key_slot = key_chunk * CHUNK + (key_block % blocks_per_chunk) * BLOCK_N + tl.arange(0, BLOCK_N)
-        key_pos = tl.load(perm_row + key_slot).to(tl.int64)
-        key = load_keys(q_rows, key_pos, dims, dim_mask, match_channels, ACC)
-        p = _probabilities(q, key, f_rows, key_pos, query_in_chunk, query_pos, query_mask, LSE + n * length,
-                           CHUNK, PRECISION, ACC, UPCAST)
-        ds = _score_gradient(p, g_rows, v_rows, query_pos, query_mask, key_pos, DELTA + n * length,
-                             value_channels, BLOCK_M, BLOCK_N, BLOCK_C, PRECISION, ACC, UPCAST)
-        dq += window_dot(ds.to(q.dtype), key.to(q.dtype), PRECISION, UPCAST, ACC)
-    tl.store(DQ_ROUND + (nr * length + query_pos[:, None]) * BLOCK_D + dims[None, :], dq,
-             mask=query_mask[:, None])
+    tl.store(DKEY_SLOT + (nr * padded_length + key_slot[:, None]) * match_channels + dims[None, :], dkey,
+             mask=dim_mask[None, :])
 
 
 @triton.jit
 def _fold_slots_kernel(
-    SLOT, INV, OUT, length, padded_length, n_hashes, width, slot_width, n_duplicates,
-    BLOCK_P: tl.constexpr, BLOCK_W: tl.constexpr,
+    SLOT, INV, OUT, length, slot_rows, n_hashes, width, n_duplicates,
+    N_PARTS: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_W: tl.constexpr,
 ):
-    """OUT[n, pos, :width] = sum_r (SLOT[n, r, inv[n, r, pos]] + its padded duplicates), in a fixed
-    order. Padded slot L + m repeats slot (m - p) mod L, so slot s has duplicates L + m for
-    m = (s + p) mod L + k L < p. Grid: (cdiv(L, BLOCK_P), N, cdiv(width, BLOCK_W))."""
+    """OUT[n, pos, :width] = sum_r (sum_k SLOT[n, r, inv[n, r, pos], k] + its padded duplicates), in a
+    fixed order; SLOT is [N, h, slot_rows, N_PARTS, width]. Padded slot L + m repeats slot (m - p) mod L,
+    so slot s has duplicates L + m for m = (s + p) mod L + k L < p, p = slot_rows - L.
+    Grid: (cdiv(L, BLOCK_P), N, cdiv(width, BLOCK_W))."""
     positions = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
     n = tl.program_id(1).to(tl.int64)
     cols = tl.program_id(2) * BLOCK_W + tl.arange(0, BLOCK_W)
     pos_mask = positions < length
     mask = pos_mask[:, None] & (cols < width)[None, :]
-    pad = padded_length - length
+    pad = slot_rows - length
     acc = tl.zeros([BLOCK_P, BLOCK_W], SLOT.dtype.element_ty)
     for r in range(n_hashes):
         nr = n * n_hashes + r
         slot = tl.load(INV + nr * length + positions, mask=pos_mask, other=0).to(tl.int64)
-        acc += tl.load(SLOT + (nr * padded_length + slot[:, None]) * slot_width + cols[None, :], mask=mask, other=0.0)
+        for k in range(N_PARTS):
+            acc += tl.load(SLOT + ((nr * slot_rows + slot[:, None]) * N_PARTS + k) * width + cols[None, :],
+                           mask=mask, other=0.0)
         for k in range(n_duplicates):
             m = (slot + pad) % length + k * length
             dup_mask = mask & (m < pad)[:, None]
-            acc += tl.load(SLOT + (nr * padded_length + length + m[:, None]) * slot_width + cols[None, :],
+            acc += tl.load(SLOT + ((nr * slot_rows + length + m[:, None]) * N_PARTS) * width + cols[None, :],
                            mask=dup_mask, other=0.0)
     tl.store(OUT + (n * length + positions[:, None]) * width + cols[None, :], acc, mask=mask)
 
 
-def _fold_slots(slot_grad, inv, width):
-    """[N, h, Lp, >= width] slot gradients -> [N, L, width] position gradients (same dtype)."""
-    n_batch, n_hashes, padded_length, slot_width = slot_grad.shape
+def _fold_launch(slot_grad, inv, out, name):
+    """Launch folding [N, h, rows, parts, width] slot gradients into out [N, L, width]."""
+    n_batch, n_hashes, slot_rows, n_parts, width = slot_grad.shape
     length = inv.shape[2]
-    out = torch.empty((n_batch, length, width), device=slot_grad.device, dtype=slot_grad.dtype)
-    pad = padded_length - length
-    block_p, block_w = 32, min(128, triton.next_power_of_2(width))
-    grid = (triton.cdiv(length, block_p), n_batch, triton.cdiv(width, block_w))
-    _fold_slots_kernel[grid](slot_grad, inv, out, length, padded_length, n_hashes, width, slot_width,
-                             triton.cdiv(pad, length), BLOCK_P=block_p, BLOCK_W=block_w)
-    return out
+    block_p, block_w = 32, min(64, triton.next_power_of_2(width))
+    n_duplicates = triton.cdiv(slot_rows - length, length)
+    return Launch(
+        _fold_slots_kernel, (triton.cdiv(length, block_p), n_batch, triton.cdiv(width, block_w)),
+        dict(SLOT=slot_grad, INV=inv, OUT=out, length=length, slot_rows=slot_rows, n_hashes=n_hashes,
+             width=width, n_duplicates=n_duplicates),
+        dict(N_PARTS=n_parts, BLOCK_P=block_p, BLOCK_W=block_w), num_warps=4, num_stages=1,
+        flops=n_batch * length * width * n_hashes * (n_parts + n_duplicates), name=name)
 
 
 def _key_normalization_backward(q, dkey):
@@ -230,50 +214,152 @@ def _key_normalization_backward(q, dkey):
     return torch.where(norm > KEY_NORM_EPS, projected, dkey / KEY_NORM_EPS)
 
 
-def window_attn_bwd(q, v, F, perm, inv, g, D, LSE, chunk_size, precision="ieee"):
+# Candidate tiles per kernel and family, in order of preference; `pick_config` keeps those that fit
+# the problem (tiles >= 16 dividing the chunk) and, on a GPU, times them. The first of each list
+# compiles without register spills for sm_80 and sm_90a at the training, inference and demo shapes
+# in every dtype and precision of its family (bench/compile_report.py); the last, 16 x 16 tiles,
+# is there for chunk 16. Families: "fma" (float32 "ieee" and float64 dots: FMAs on register
+# operands, so small tiles and 8 warps), "tf32" (float32 "tf32" / "tf32x3": tensor cores on float32
+# tiles, tf32x3 three dots each), "16-bit" (tensor cores). The dkdq kernel's BLOCK_N sets the dq
+# buffer: 3 CHUNK / BLOCK_N parts per query slot.
+DV_CONFIGS = {
+    "fma": [Config(dict(BLOCK_N=16, BLOCK_M=16), num_warps=8, num_stages=1),
+            Config(dict(BLOCK_N=16, BLOCK_M=16), num_warps=16, num_stages=1)],
+    "tf32": [Config(dict(BLOCK_N=64, BLOCK_M=32), num_warps=8, num_stages=1),
+             Config(dict(BLOCK_N=16, BLOCK_M=16), num_warps=4, num_stages=1)],
+    "16-bit": [Config(dict(BLOCK_N=64, BLOCK_M=64), num_warps=8, num_stages=1),
+               Config(dict(BLOCK_N=64, BLOCK_M=32), num_warps=8, num_stages=1),
+               Config(dict(BLOCK_N=16, BLOCK_M=16), num_warps=4, num_stages=1)],
+}
+DKDQ_CONFIGS = {
+    "fma": [Config(dict(BLOCK_N=32, BLOCK_M=16, BLOCK_C=32), num_warps=8, num_stages=1),
+            Config(dict(BLOCK_N=16, BLOCK_M=16, BLOCK_C=32), num_warps=8, num_stages=1)],
+    "tf32": [Config(dict(BLOCK_N=64, BLOCK_M=32, BLOCK_C=32), num_warps=8, num_stages=1),
+             Config(dict(BLOCK_N=16, BLOCK_M=16, BLOCK_C=32), num_warps=4, num_stages=1)],
+    "16-bit": [Config(dict(BLOCK_N=128, BLOCK_M=32, BLOCK_C=32), num_warps=8, num_stages=1),
+               Config(dict(BLOCK_N=64, BLOCK_M=32, BLOCK_C=32), num_warps=8, num_stages=1),
+               Config(dict(BLOCK_N=16, BLOCK_M=16, BLOCK_C=32), num_warps=4, num_stages=1)],
+}
+
+
+def config_family(dtype, precision):
+    """Key of DV_CONFIGS / DKDQ_CONFIGS for inputs of `dtype` and float32 dots of `precision`."""
+    if dtype in (torch.float16, torch.bfloat16):
+        return "16-bit"
+    return "tf32" if dtype == torch.float32 and precision != "ieee" else "fma"
+
+
+def _score_elements(n_batch, n_hashes, rows, chunk_size):
+    """Score elements (query slot, window key) of `rows` query slots per (batch, round)."""
+    return n_batch * n_hashes * rows * 3 * chunk_size
+
+
+def window_attn_bwd_plan(q, v, F, perm, inv, g, D, lse_max, lse_sum, chunk_size, precision="ieee", config=None):
+    """Launches of `window_attn_bwd` (see there for the arguments) and their outputs.
+
+    `config`: None (each kernel's from `pick_config` over DV_CONFIGS / DKDQ_CONFIGS) or
+    {"dv": Config, "dkdq": Config}.
+    Returns (launches, outputs): outputs["dv"] [N, L, C], ["dF"] [N, L, l], ["dkey"] [N, L, c] and
+    ["dq"] [N, L, c] (query role only) in the accumulation dtype, filled by running the launches.
+    FLOPs models (multiply-add = 2; padded block widths count): the dv kernel 2 (BLOCK_D + BLOCK_C),
+    the dkdq kernel 2 (3 BLOCK_D + C rounded up to BLOCK_C) per score element of every slot t < Lp;
+    the folds one add per element read.
+    """
+    if precision not in ("ieee", "tf32", "tf32x3"):
+        raise ValueError(f"precision must be 'ieee', 'tf32' or 'tf32x3', got {precision!r}")
+    n_batch, length, match_channels = q.shape
+    value_channels = v.shape[2]
+    _, n_hashes, padded_length = perm.shape
+    n_chunks = padded_length // chunk_size
+    acc_dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
+    new = dict(device=q.device, dtype=acc_dtype)
+    block_d = max(16, triton.next_power_of_2(match_channels))
+    dv_block_c = max(16, triton.next_power_of_2(value_channels))
+    elements = _score_elements(n_batch, n_hashes, padded_length, chunk_size)
+    common = dict(CHUNK=chunk_size, BLOCK_D=block_d, PRECISION=precision if q.dtype == torch.float32 else "ieee",
+                  ACC=tl.float64 if q.dtype == torch.float64 else tl.float32,
+                  UPCAST=q.device.type == "cpu" and q.dtype == torch.bfloat16)
+    shape_args = dict(length=length, padded_length=padded_length, n_chunks=n_chunks, n_hashes=n_hashes,
+                      match_channels=match_channels, value_channels=value_channels)
+    rows = dict(Q=q, F=F, G=g.contiguous(), PERM=perm, LSE_MAX=lse_max.to(acc_dtype).contiguous(),
+                LSE_SUM=lse_sum.to(acc_dtype).contiguous())
+    dv_slot = torch.empty((n_batch, n_hashes, padded_length, 1, value_channels), **new)
+    dkey_slot = torch.empty((n_batch, n_hashes, padded_length, 1, match_channels), **new)
+    dF_slot = torch.empty((n_batch, n_hashes, padded_length, 1, chunk_size), **new)
+    delta = D.to(acc_dtype).contiguous()
+
+    def dv_launch(cfg):
+        return Launch(_window_attn_bwd_dv_kernel, (n_chunks * (chunk_size // cfg.kwargs["BLOCK_N"]), n_batch * n_hashes),
+                      dict(**rows, DV_SLOT=dv_slot, **shape_args),
+                      dict(**common, **config_blocks(cfg), BLOCK_C=dv_block_c),
+                      num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+                      flops=2 * elements * (block_d + dv_block_c), name="window_attn_bwd_dv")
+
+    def dkdq_launch(cfg, dq_parts):
+        block_c = cfg.kwargs["BLOCK_C"]
+        return Launch(_window_attn_bwd_dkdq_kernel, (n_chunks * (chunk_size // cfg.kwargs["BLOCK_N"]), n_batch * n_hashes),
+                      dict(**rows, V=v, DELTA=delta, DKEY_SLOT=dkey_slot, DF_SLOT=dF_slot, DQ_PARTS=dq_parts,
+                           **shape_args),
+                      dict(**common, **config_blocks(cfg)), num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+                      flops=2 * elements * (3 * block_d + triton.cdiv(value_channels, block_c) * block_c),
+                      name="window_attn_bwd_dkdq")
+
+    def dq_parts_for(cfg):
+        n_parts = 3 * chunk_size // cfg.kwargs["BLOCK_N"]
+        return torch.empty((n_batch, n_hashes, length, n_parts, match_channels), **new)
+
+    if config is None:
+        key = (q.dtype, value_channels, match_channels, chunk_size, common["PRECISION"])
+        family = config_family(q.dtype, common["PRECISION"])
+
+        def fits(cfg):
+            return all(16 <= cfg.kwargs[b] <= chunk_size and chunk_size % cfg.kwargs[b] == 0
+                       for b in ("BLOCK_N", "BLOCK_M"))
+
+        config = dict(
+            dv=pick_config("window_attn_bwd_dv", DV_CONFIGS[family], key, q.device, fits,
+                           lambda cfg: run([dv_launch(cfg)])),
+            dkdq=pick_config("window_attn_bwd_dkdq", DKDQ_CONFIGS[family], key, q.device, fits,
+                             lambda cfg: run([dkdq_launch(cfg, dq_parts_for(cfg))])))
+    dq_parts = dq_parts_for(config["dkdq"])
+    outputs = {name: torch.empty((n_batch, length, width), **new)
+               for name, width in (("dv", value_channels), ("dF", chunk_size), ("dkey", match_channels),
+                                   ("dq", match_channels))}
+    launches = [
+        dv_launch(config["dv"]),
+        dkdq_launch(config["dkdq"], dq_parts),
+        _fold_launch(dv_slot, inv, outputs["dv"], "window_attn_bwd_fold_dv"),
+        _fold_launch(dF_slot, inv, outputs["dF"], "window_attn_bwd_fold_dF"),
+        _fold_launch(dkey_slot, inv, outputs["dkey"], "window_attn_bwd_fold_dkey"),
+        _fold_launch(dq_parts, inv, outputs["dq"], "window_attn_bwd_fold_dq"),
+    ]
+    return launches, outputs
+
+
+def minimal_bwd_flops(n_batch, n_hashes, length, match_channels, value_channels, chunk_size):
+    """FLOPs of the minimal backward: per score element of each real query slot, S (c), dP (C), dV (C),
+    dK (c) and dQ (c) once each."""
+    return 2 * _score_elements(n_batch, n_hashes, length, chunk_size) * (3 * match_channels + 2 * value_channels)
+
+
+def window_attn_bwd(q, v, F, perm, inv, g, D, lse_max, lse_sum, chunk_size, precision="ieee"):
     """Gradients of the merged window attention w.r.t. q, v and F.
 
     Args:
         q [N, L, c], v [N, L, C], F [N, L, l]: contiguous, one dtype (float32/bfloat16/float16;
             float64 for gradcheck).
         perm [N, h, Lp] int32 and inv [N, h, L] int32 from the bucket sort (contiguous).
-        g [N, L, C] (dtype of v): gradient of `out`; D [N, L] = rowsum(g * out) and LSE [N, L]
-            (float32, float64 for float64 inputs) from the forward / `attention_grad_rows`.
+        g [N, L, C] (dtype of v): gradient of `out`; D [N, L] = rowsum(g * out) from `attention_grad_rows`.
+        lse_max, lse_sum [N, L] (float32; float64 for float64 inputs): the round merge's statistics,
+            LSE = lse_max + log(lse_sum).
         chunk_size: power of two, 16..256.
         precision: input precision of the float32 dots ("ieee", "tf32", "tf32x3").
     Returns:
         dq [N, L, c], dv [N, L, C], dF [N, L, l] in the input dtype (float32 accumulation).
-    Inputs are not validated here: `dlsn.ops.fused_grad` checks them.
+    Saves nothing; the transient buffers are listed in the module docstring.
+    Inputs are not validated here: the op layer (`dlsn.ops`) checks them.
     """
-    n_batch, length, match_channels = q.shape
-    value_channels = v.shape[2]
-    _, n_hashes, padded_length = perm.shape
-    n_chunks = padded_length // chunk_size
-    acc_dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
-    acc = tl.float64 if q.dtype == torch.float64 else tl.float32
-    upcast = q.device.type == "cpu" and q.dtype == torch.bfloat16
-    block_m = block_n = min(64, chunk_size)
-    block_c = min(64, max(16, triton.next_power_of_2(value_channels)))
-    block_d = max(16, triton.next_power_of_2(match_channels))
-    LSE, D = LSE.to(acc_dtype), D.to(acc_dtype)
-    shape_args = (length, padded_length, n_chunks, n_hashes, match_channels, value_channels)
-    # Untuned (no GPU was available): the key-side dkey/dF program holds about eight
-    # BLOCK_N x 64 float32 tiles, so 64-row blocks get 8 warps.
-    blocks = dict(CHUNK=chunk_size, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d, BLOCK_C=block_c,
-                  PRECISION="ieee" if q.dtype == torch.float64 else precision, ACC=acc, UPCAST=upcast, num_warps=8 if block_n >= 64 else 4)
-    new = dict(device=q.device, dtype=acc_dtype)
-    dv_slot = torch.empty((n_batch, n_hashes, padded_length, value_channels), **new)
-    dkey_slot = torch.empty((n_batch, n_hashes, padded_length, block_d), **new)
-    dF_slot = torch.empty((n_batch, n_hashes, padded_length, chunk_size), **new)
-    dq_round = torch.zeros((n_batch, n_hashes, length, block_d), **new)
-    key_grid = (n_chunks * (chunk_size // block_n), n_batch * n_hashes)
-    _window_attn_bwd_dv_kernel[key_grid + (triton.cdiv(value_channels, block_c),)](
-        q, F, g, perm, LSE, dv_slot, *shape_args, **blocks)
-    _window_attn_bwd_dkdf_kernel[key_grid](q, v, F, g, perm, LSE, D, dkey_slot, dF_slot, *shape_args, **blocks)
-    _window_attn_bwd_dq_kernel[(n_chunks * (chunk_size // block_m), n_batch * n_hashes)](
-        q, v, F, g, perm, LSE, D, dq_round, *shape_args, **blocks)
-    dv = _fold_slots(dv_slot, inv, value_channels)
-    dF = _fold_slots(dF_slot, inv, chunk_size)
-    dkey = _fold_slots(dkey_slot, inv, match_channels)
-    dq = dq_round[..., :match_channels].sum(dim=1) + _key_normalization_backward(q, dkey)
-    return dq.to(q.dtype), dv.to(v.dtype), dF.to(F.dtype)
+    launches, out = window_attn_bwd_plan(q, v, F, perm, inv, g, D, lse_max, lse_sum, chunk_size, precision)
+    run(launches)
+    dq = out["dq"] + _key_normalization_backward(q, out["dkey"])
+    return dq.to(q.dtype), out["dv"].to(v.dtype), out["dF"].to(F.dtype)

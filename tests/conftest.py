@@ -42,6 +42,25 @@ def no_launch(monkeypatch):
 
 
 @pytest.fixture
+def reversed_program_order(monkeypatch):
+    """Run every Triton launch's programs in reverse grid order (the interpreter otherwise runs them
+    in one fixed order, where an order-dependent reduction could never show). GPU: skipped, the
+    hardware schedules programs in no fixed order anyway."""
+    if DEVICE.type != "cpu":
+        pytest.skip("program order is controllable on the Triton interpreter only")
+    from triton.runtime import interpreter
+
+    builder = interpreter.interpreter_builder
+    set_grid_idx = builder.set_grid_idx
+
+    def reversed_grid_idx(x, y, z):
+        nx, ny, nz = builder.grid_dim
+        set_grid_idx(nx - 1 - x, ny - 1 - y, nz - 1 - z)
+
+    monkeypatch.setattr(builder, "set_grid_idx", reversed_grid_idx)
+
+
+@pytest.fixture
 def set5_dir():
     if not SET5.is_dir():
         pytest.skip(f"Set5 not found at {SET5} (set DLSN_SET5)")

@@ -13,6 +13,8 @@ import copy
 
 import pytest
 import torch
+import triton
+import triton.language as tl
 from conftest import DEVICE, rel_error
 
 import dlsn
@@ -99,15 +101,37 @@ def test_autocast_gradients_no_worse_than_reference(dtype):
         assert rel_error(actual[name], exact[name]) <= bound, (name, rel_error(actual[name], exact[name]), bound)
 
 
-def test_two_backward_passes_are_bitwise_equal():
+def test_gradients_are_bitwise_equal_in_any_program_order(request):
+    """Two runs, the second with every launch's programs in reverse order: bitwise-equal forward and
+    gradients (no atomics; slot gradients fold in a fixed order)."""
     C, H, W, chunk_size, h = SHAPES[0]
     gla = make_gla(C, chunk_size, h, seed=9)
     x = torch.randn(1, C, H, W, device=DEVICE)
     grad_y = torch.randn(1, C, H, W, device=DEVICE)
     perm, inv = sorted_slots(gla, x)
     first = gradients(gla, x, grad_y, perm, inv, fused_path=True)
+    request.getfixturevalue("reversed_program_order")
     second = gradients(gla, x, grad_y, perm, inv, fused_path=True)
     assert all(torch.equal(first[name], second[name]) for name in first)
+
+
+@triton.jit
+def _sum_in_program_order_kernel(X, OUT):
+    tl.atomic_add(OUT, tl.load(X + tl.program_id(0)))
+
+
+def test_reversed_program_order_shows_an_order_dependent_reduction(request):
+    """The check above can fail: a float sum accumulated in program order (atomics) changes bits."""
+    values = torch.tensor([1.0, 1e8, -1e8], device=DEVICE)
+
+    def total():
+        out = torch.zeros(1, device=DEVICE)
+        _sum_in_program_order_kernel[(3,)](values, out)
+        return out.item()
+
+    in_order = total()
+    request.getfixturevalue("reversed_program_order")
+    assert (in_order, total()) == (0.0, 1.0)
 
 
 def saved_tensors_of(fn, parameters):

@@ -110,3 +110,40 @@ def test_cpu_tensors_need_the_interpreter(no_launch, monkeypatch):
 def test_device_mismatch_raises(no_launch):
     with pytest.raises(ValueError, match="rotations is on"):
         fused.triton_hash(torch.rand(1, 4, 12, device="cuda"), torch.rand(1, 12, 2))
+
+
+def finite_argmax(q, rotations):
+    """The hash's contract for non-finite input: non-finite projections never win, ties -> lowest
+    bucket, a row with no finite projection -> bucket 0."""
+    projected = torch.einsum("nlc,hcb->nhlb", q.float(), rotations.float())
+    projected = torch.where(projected.isfinite(), projected, float("-inf"))
+    best = projected.amax(dim=-1, keepdim=True)
+    index = torch.arange(projected.shape[-1], device=q.device).expand_as(projected)
+    first = torch.where(projected == best, index, projected.shape[-1]).amin(dim=-1)
+    return torch.where(best.squeeze(-1) == float("-inf"), 0, first)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_non_finite_rows_go_to_bucket_zero(dtype):
+    q = make_queries(2, 40, 12, dtype, seed=13)
+    q[0, 3, 5] = float("nan")
+    q[0, 7] = float("nan")
+    q[1, 4, 0] = float("inf")
+    q[1, 9, 2] = float("-inf")
+    rotations = make_rotations(12, 40, 3, seed=14)  # two bucket tiles
+    codes = fused.triton_hash(q, rotations)
+    assert (codes[0, :, 3] == 0).all() and (codes[0, :, 7] == 0).all()
+    assert (codes[1, :, 4] == 0).all() and (codes[1, :, 9] == 0).all()
+    assert torch.equal(codes.long(), finite_argmax(q, rotations))
+    finite_rows = q.isfinite().all(dim=-1)
+    reference_codes = reference.hash_codes(q, rotations)
+    assert torch.equal(codes.long().transpose(1, 2)[finite_rows], reference_codes.transpose(1, 2)[finite_rows])
+
+
+def test_overflowing_projection_is_never_the_maximum():
+    # q = [3e38, 0]: bucket 1 projects to 6e38 = inf in float32 and must lose to bucket 2's 3e38.
+    q = torch.tensor([[[3e38, 0.0], [1.0, 1.0]]], device=DEVICE)
+    rotations = torch.tensor([[[-1.0, 2.0, 1.0, 0.5], [0.0, 0.0, 0.0, 0.0]]], device=DEVICE)
+    codes = fused.triton_hash(q, rotations)
+    assert codes[0, 0].tolist() == [2, 1]
+    assert torch.equal(codes.long(), finite_argmax(q, rotations))

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from dlsn import reference
+from dlsn.kernels.constants import KEY_NORM_EPS
 
 
 def naive_codes(q, rotations):
@@ -36,7 +37,7 @@ def naive_gla_rows(q, v, F, perm, chunk_size):
     n, h, padded = perm.shape
     length = q.shape[1]
     n_chunks = padded // chunk_size
-    keys = q / q.norm(dim=-1, keepdim=True).clamp_min(5e-5)
+    keys = q / q.norm(dim=-1, keepdim=True).clamp_min(KEY_NORM_EPS)
     O_pos = torch.zeros(n, h, length, v.shape[-1], dtype=torch.float64)
     lse_pos = torch.zeros(n, h, length, dtype=torch.float64)
     for b, r in itertools.product(range(n), range(h)):
@@ -123,7 +124,7 @@ def test_stable_sort_keeps_position_order_within_a_bucket_and_pads_by_wrapping()
     assert perm.tolist() == [[[0, 1, 2, 1, 2, 0, 1, 2]]]  # p = 5 > L = 3 wraps: (t - 5) mod 3
 
 
-def test_n_buckets_follows_the_contract():
+def test_n_buckets_follows_the_definition():
     assert reference.n_buckets(5, 128) == 1
     assert reference.n_buckets(128, 128) == 2  # 1 + 1 % 2
     assert reference.n_buckets(256, 128) == 2

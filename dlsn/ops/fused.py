@@ -34,7 +34,7 @@ What backward saves: q, v, learned (the embeddings), perm, inv, out [N, L, C], l
 [N, L] float32: O(N L (c + C + l) + N h L), nothing with a 3l or l x 3l factor; the scores are
 recomputed. `out`, `lse_max` and `lse_sum` are outputs of the forward op only so that they can be
 saved; they are non-differentiable and the public functions return `y` alone. The backward is one
-softmax over all rounds: P_tj = exp(s_tj - lse_max[perm t]) / lse_sum[perm t] (docs/gla.md).
+softmax over all rounds: P_tj = exp(s_tj - lse_max[perm t]) / lse_sum[perm t] (docs/gla.md §5).
 
 Mixed precision: autocast does not cast custom-op inputs, so q, v and learned arrive in the dtype
 their producers (conv, linear) gave them, which under autocast is the autocast dtype; the kernels
@@ -52,8 +52,8 @@ import torch
 from ..kernels.bucket_sort import bucket_sort_fwd
 from ..kernels.constants import CHUNK_SIZES
 from ..kernels.hash import sblsh_hash_fwd
-from ..kernels.window_attention import window_attn_fwd as _window_attn_fwd_lse
-from ..kernels.window_attention_bwd import window_attn_bwd as _window_attn_bwd_lse
+from ..kernels.window_attention import window_attn_fwd
+from ..kernels.window_attention_bwd import window_attn_bwd
 from . import triton_device_problem
 from .scatter import attention_grad_rows, scatter_back
 
@@ -61,18 +61,6 @@ __all__ = ["gla_attention", "sorted_attention", "triton_hash", "triton_sort", "t
 
 FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 PRECISIONS = ("ieee", "tf32", "tf32x3")
-
-
-# --- ADAPTER (delete at merge, once kernels/window_attention.py returns (O, round_max, round_sum) and
-# window_attn_bwd takes (lse_max, lse_sum, precision); then import the two launchers under these names).
-def window_attn_fwd(q, v, learned, perm, chunk_size, precision="ieee"):
-    O, lse = _window_attn_fwd_lse(q, v, learned, perm, chunk_size)
-    return O, lse, torch.ones_like(lse)
-
-
-def window_attn_bwd(q, v, learned, perm, inv, g, D, lse_max, lse_sum, chunk_size, precision="ieee"):
-    return _window_attn_bwd_lse(q, v, learned, perm, inv, g, D, lse_max + torch.log(lse_sum), chunk_size)
-# --- end of ADAPTER
 
 
 # Checks ------------------------------------------------------------------------------------------
@@ -179,7 +167,7 @@ def _launch_device(device):
 # Stages ------------------------------------------------------------------------------------------
 
 def triton_hash(q, rotations):
-    """SB-LSH codes, all rounds in one launch (docs/gla.md, "Hashing").
+    """SB-LSH codes, all rounds in one launch (docs/gla.md §2).
 
     Args:
         q: [N, L, c] float32/bfloat16/float16 queries.
@@ -194,7 +182,7 @@ def triton_hash(q, rotations):
 
 
 def triton_sort(codes, n_buckets, chunk_size, check_range=True):
-    """Stable counting sort per (batch, round) with the padded slots (docs/gla.md, "Sorting and padding").
+    """Stable counting sort per (batch, round) with the padded slots (docs/gla.md §3).
 
     Args:
         codes: [N, h, L] int32/int64 bucket codes in [0, n_buckets).
@@ -217,7 +205,7 @@ def triton_sort(codes, n_buckets, chunk_size, check_range=True):
 
 
 def triton_window_attention(q, v, learned, perm, chunk_size, precision="ieee", check_range=True):
-    """Blocked window attention of every round in sorted order (docs/gla.md, "Windows and scores").
+    """Blocked window attention of every round in sorted order (docs/gla.md §4).
 
     Args:
         q: [N, L, c], v: [N, L, C], learned: [N, L, chunk_size], one dtype of float32/bfloat16/float16.

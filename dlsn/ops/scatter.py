@@ -106,7 +106,7 @@ def scatter_back(O, round_max, round_sum, inv, residual, res_scale=1.0):
 
 
 def attention_grad_rows(grad_y, out, res_scale=1.0):
-    """Per-position inputs of the fused attention backward (docs/internals.md, "Backward").
+    """Per-position inputs of the fused attention backward (docs/internals.md, stage 5).
 
     Args: ``grad_y`` ``[N, C, H, W]`` (gradient of GLA's output), ``out`` ``[N, L, C]`` (merged
     attention output from :func:`scatter_back`), same dtype, ``H * W == L``.
