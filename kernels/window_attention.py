@@ -97,10 +97,10 @@ WINDOW_ATTN_FWD_CONFIGS = {
     ],
     # tf32x3 splits both operands of every dot into high and low tf32 parts: more live registers.
     "tf32x3": [
-        Config({"BLOCK_M": 32, "BLOCK_N": 16}, num_warps=4, num_stages=2),
-        Config({"BLOCK_M": 64, "BLOCK_N": 16}, num_warps=8, num_stages=2),
-        Config({"BLOCK_M": 64, "BLOCK_N": 32}, num_warps=8, num_stages=2),
+        Config({"BLOCK_M": 32, "BLOCK_N": 16}, num_warps=8, num_stages=2),
+        Config({"BLOCK_M": 32, "BLOCK_N": 16}, num_warps=4, num_stages=1),
         Config({"BLOCK_M": 16, "BLOCK_N": 16}, num_warps=4, num_stages=2),
+        Config({"BLOCK_M": 64, "BLOCK_N": 16}, num_warps=8, num_stages=2),
     ],
     "tensor_core": [
         Config({"BLOCK_M": 64, "BLOCK_N": 32}, num_warps=8, num_stages=2),
