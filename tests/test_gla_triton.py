@@ -14,11 +14,11 @@ def make_core_inputs(n, C, height, width, chunk_size, h, dtype, seed, reduction=
     q = torch.randn(n, length, c, generator=g).relu()
     q[:, :3] = 0
     v = torch.randn(n, length, C, generator=g)
-    F = torch.randn(n, length, chunk_size, generator=g)
+    learned = torch.randn(n, length, chunk_size, generator=g)
     x = torch.randn(n, C, height, width, generator=g)
     rotations = dlsn.sblsh_rotations(c, reference.n_buckets(length, chunk_size), h, generator=g, device=DEVICE)
-    q, v, F, x = (t.to(device=DEVICE, dtype=dtype) for t in (q, v, F, x))
-    return q, v, F, rotations, x
+    q, v, learned, x = (t.to(device=DEVICE, dtype=dtype) for t in (q, v, learned, x))
+    return q, v, learned, rotations, x
 
 
 CORE_SHAPES = [
@@ -35,8 +35,8 @@ CORE_SHAPES = [
 
 @pytest.mark.parametrize("n, C, height, width, chunk_size, h", CORE_SHAPES)
 def test_core_float32_matches_reference(n, C, height, width, chunk_size, h):
-    q, v, F, rotations, x = make_core_inputs(n, C, height, width, chunk_size, h, torch.float32, seed=height * width)
-    y = fused.gla_attention(q, v, F, rotations, chunk_size, x, 0.5)
+    q, v, learned, rotations, x = make_core_inputs(n, C, height, width, chunk_size, h, torch.float32, seed=height * width)
+    y = fused.gla_attention(q, v, learned, rotations, chunk_size, x, 0.5)
     assert y.dtype == torch.float32 and y.shape == x.shape
     expected = reference.gla_core(q.double(), v.double(), F.double(), rotations, chunk_size, x.double(), 0.5)
     assert max_error(y, expected) <= 1e-4 * expected.abs().max().item()
@@ -45,12 +45,12 @@ def test_core_float32_matches_reference(n, C, height, width, chunk_size, h):
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("n, C, height, width, chunk_size, h", [CORE_SHAPES[0], CORE_SHAPES[3]])
 def test_core_half_precision_no_worse_than_reference(n, C, height, width, chunk_size, h, dtype):
-    q, v, F, rotations, x = make_core_inputs(n, C, height, width, chunk_size, h, dtype, seed=C)
-    y = fused.gla_attention(q, v, F, rotations, chunk_size, x, 1.0)
+    q, v, learned, rotations, x = make_core_inputs(n, C, height, width, chunk_size, h, dtype, seed=C)
+    y = fused.gla_attention(q, v, learned, rotations, chunk_size, x, 1.0)
     assert y.dtype == dtype
     # The float64 run hashes the same (rounded) q in float32, so both see the same buckets.
     exact = reference.gla_core(q.double(), v.double(), F.double(), rotations, chunk_size, x.double(), 1.0)
-    same_dtype = reference.gla_core(q, v, F, rotations, chunk_size, x, 1.0)
+    same_dtype = reference.gla_core(q, v, learned, rotations, chunk_size, x, 1.0)
     assert max_error(y, exact) <= 2 * max_error(same_dtype, exact)
 
 
@@ -67,9 +67,9 @@ def test_module_triton_backend_matches_reference_backend(C, height, width, chunk
 
 
 def test_all_positions_in_one_bucket():
-    q, v, F, rotations, x = make_core_inputs(1, 16, 5, 8, 16, 2, torch.float32, seed=5)
+    q, v, learned, rotations, x = make_core_inputs(1, 16, 5, 8, 16, 2, torch.float32, seed=5)
     q[:] = q[:, 3:4]  # identical queries: every round puts all positions in one bucket
-    y = fused.gla_attention(q, v, F, rotations, 16, x, 1.0)
+    y = fused.gla_attention(q, v, learned, rotations, 16, x, 1.0)
     codes = fused.triton_hash(q, rotations)
     assert (codes == codes[:, :, :1]).all()
     expected = reference.gla_core(q.double(), v.double(), F.double(), rotations, 16, x.double(), 1.0)
@@ -79,15 +79,15 @@ def test_all_positions_in_one_bucket():
 @pytest.mark.parametrize(
     "mutate, error, match",
     [
-        (lambda q, v, F, r, x: (q, v, F, r, 16, x[:, :8], 1.0), ValueError, "x must have shape"),
-        (lambda q, v, F, r, x: (q, v, F, r, 16, x.reshape(1, 16, 1, 9)[..., :8], 1.0), ValueError, "x must have shape"),
-        (lambda q, v, F, r, x: (q, v, F, r, 16, x.double(), 1.0), TypeError, "x must have"),
-        (lambda q, v, F, r, x: (q, v, F, r[:, :3], 16, x, 1.0), ValueError, "rotations"),
-        (lambda q, v, F, r, x: (q, v, F, r, 32, x, 1.0), ValueError, "learned must have shape"),
-        (lambda q, v, F, r, x: (q, v.half(), F, r, 16, x, 1.0), TypeError, "must share one dtype"),
+        (lambda q, v, learned, r, x: (q, v, learned, r, 16, x[:, :8], 1.0), ValueError, "x must have shape"),
+        (lambda q, v, learned, r, x: (q, v, learned, r, 16, x.reshape(1, 16, 1, 9)[..., :8], 1.0), ValueError, "x must have shape"),
+        (lambda q, v, learned, r, x: (q, v, learned, r, 16, x.double(), 1.0), TypeError, "x must have"),
+        (lambda q, v, learned, r, x: (q, v, learned, r[:, :3], 16, x, 1.0), ValueError, "rotations"),
+        (lambda q, v, learned, r, x: (q, v, learned, r, 32, x, 1.0), ValueError, "learned must have shape"),
+        (lambda q, v, learned, r, x: (q, v.half(), learned, r, 16, x, 1.0), TypeError, "must share one dtype"),
     ],
 )
 def test_bad_input_raises_before_launch(no_launch, mutate, error, match):
-    q, v, F, rotations, x = make_core_inputs(1, 16, 3, 3, 16, 1, torch.float32, seed=7)
+    q, v, learned, rotations, x = make_core_inputs(1, 16, 3, 3, 16, 1, torch.float32, seed=7)
     with pytest.raises(error, match=match):
-        fused.gla_attention(*mutate(q, v, F, rotations, x))
+        fused.gla_attention(*mutate(q, v, learned, rotations, x))

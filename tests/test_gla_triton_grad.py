@@ -37,10 +37,10 @@ def sorted_slots(gla, x):
 
 
 def gla_with_slots(gla, x, perm, inv, fused_path):
-    q, v, F = gla.embed(x)
+    q, v, learned = gla.embed(x)
     if fused_path:
-        return sorted_attention(q, v, F, perm.int(), inv.int(), x, gla.chunk_size, gla.res_scale)
-    O, lse = reference.window_attention(q, v, F, perm, gla.chunk_size)
+        return sorted_attention(q, v, learned, perm.int(), inv.int(), x, gla.chunk_size, gla.res_scale)
+    O, lse = reference.window_attention(q, v, learned, perm, gla.chunk_size)
     out, _ = reference.scatter_back(O, lse, inv)
     return out.transpose(1, 2).reshape(x.shape).to(O.dtype) * gla.res_scale + x
 
@@ -213,18 +213,18 @@ def test_dlsn_optimiser_steps_track_reference():
 def test_bad_input_raises_before_launch():
     q = torch.zeros(1, 20, 4, device=DEVICE)
     v = torch.zeros(1, 20, 16, device=DEVICE)
-    F = torch.zeros(1, 20, 16, device=DEVICE)
+    learned = torch.zeros(1, 20, 16, device=DEVICE)
     x = torch.zeros(1, 16, 4, 5, device=DEVICE)
     perm = torch.zeros(1, 2, 32, device=DEVICE, dtype=torch.int32)
     inv = torch.zeros(1, 2, 20, device=DEVICE, dtype=torch.int32)
     with pytest.raises(TypeError, match="perm"):
-        sorted_attention(q, v, F, perm.long(), inv, x, 16, 1.0)
+        sorted_attention(q, v, learned, perm.long(), inv, x, 16, 1.0)
     with pytest.raises(ValueError, match="inv"):
-        sorted_attention(q, v, F, perm, inv[:, :1], x, 16, 1.0)
+        sorted_attention(q, v, learned, perm, inv[:, :1], x, 16, 1.0)
     with pytest.raises(ValueError, match="x must have shape"):
-        sorted_attention(q, v, F, perm, inv, x[:, :8], 16, 1.0)
+        sorted_attention(q, v, learned, perm, inv, x[:, :8], 16, 1.0)
     with pytest.raises(ValueError, match="chunk_size"):
-        sorted_attention(q, v, F, perm, inv, x, 24, 1.0)
+        sorted_attention(q, v, learned, perm, inv, x, 24, 1.0)
 
 
 def test_opcheck_forward_and_backward_ops():
@@ -235,12 +235,12 @@ def test_opcheck_forward_and_backward_ops():
     length = H * W
     q = torch.randn(n, length, c, device=DEVICE, requires_grad=True)
     v = torch.randn(n, length, C, device=DEVICE, requires_grad=True)
-    F = torch.randn(n, length, chunk_size, device=DEVICE, requires_grad=True)
+    learned = torch.randn(n, length, chunk_size, device=DEVICE, requires_grad=True)
     x = torch.randn(n, C, H, W, device=DEVICE, requires_grad=True)
     perm, inv = reference.sort_permutation(torch.randint(0, 2, (n, h, length), device=DEVICE), chunk_size)
     perm, inv = perm.int(), inv.int()
-    torch.library.opcheck(torch.ops.dlsn.gla_attention_fwd.default, (q, v, F, perm, inv, x, chunk_size, 0.5, "ieee"))
-    detached = [t.detach() for t in (q, v, F, x)]
+    torch.library.opcheck(torch.ops.dlsn.gla_attention_fwd.default, (q, v, learned, perm, inv, x, chunk_size, 0.5, "ieee"))
+    detached = [t.detach() for t in (q, v, learned, x)]
     _, out, lse_max, lse_sum = torch.ops.dlsn.gla_attention_fwd(*detached[:3], perm, inv, detached[3], chunk_size,
                                                                  0.5, "ieee")
     grad_y = torch.randn(n, C, H, W, device=DEVICE)

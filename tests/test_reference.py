@@ -32,7 +32,7 @@ def naive_perm(codes, chunk_size):
     return perm
 
 
-def naive_gla_rows(q, v, F, perm, chunk_size):
+def naive_gla_rows(q, v, learned, perm, chunk_size):
     """Per-position merged output [N, L, C] and per-round (O, lse) by original position."""
     n, h, padded = perm.shape
     length = q.shape[1]
@@ -48,7 +48,7 @@ def naive_gla_rows(q, v, F, perm, chunk_size):
             window = [k, (k - 1) % n_chunks, (k + 1) % n_chunks]
             multiplicity = torch.tensor([float(window.count(int(c))) for c in chunk_of], dtype=torch.float64)
             pos = int(slots[t])
-            scores = keys[b, slots] @ q[b, pos] + F[b, slots, t % chunk_size]
+            scores = keys[b, slots] @ q[b, pos] + learned[b, slots, t % chunk_size]
             weights = multiplicity * torch.exp(scores - scores.max())
             lse_pos[b, r, pos] = torch.log(weights.sum()) + scores.max()
             O_pos[b, r, pos] = (weights / weights.sum()) @ v[b, slots]
@@ -62,9 +62,9 @@ def random_inputs(n, length, c, C, chunk_size, h, b, seed, zero_rows=0):
     if zero_rows:
         q[:, :zero_rows] = 0
     v = torch.randn(n, length, C, generator=g, dtype=torch.float64)
-    F = torch.randn(n, length, chunk_size, generator=g, dtype=torch.float64)
+    learned = torch.randn(n, length, chunk_size, generator=g, dtype=torch.float64)
     rotations = reference.sblsh_rotations(c, b, h, generator=g, dtype=torch.float64)
-    return q, v, F, rotations
+    return q, v, learned, rotations
 
 
 CASES = [
@@ -84,7 +84,7 @@ CASES = [
 def test_reference_matches_naive(n, length, chunk_size, h):
     c, C = 4, 6
     b = max(2, reference.n_buckets(length, chunk_size))
-    q, v, F, rotations = random_inputs(n, length, c, C, chunk_size, h, b, seed=length * 10 + h, zero_rows=2)
+    q, v, learned, rotations = random_inputs(n, length, c, C, chunk_size, h, b, seed=length * 10 + h, zero_rows=2)
 
     codes = reference.hash_codes(q, rotations)
     assert torch.equal(codes, naive_codes(q, rotations))
@@ -92,8 +92,8 @@ def test_reference_matches_naive(n, length, chunk_size, h):
     assert torch.equal(perm, naive_perm(codes, chunk_size))
     assert torch.equal(perm.gather(-1, inv), torch.arange(length).expand(n, h, length))
 
-    expected_out, expected_O_pos, expected_lse_pos = naive_gla_rows(q, v, F, perm, chunk_size)
-    O, lse = reference.window_attention(q, v, F, perm, chunk_size)
+    expected_out, expected_O_pos, expected_lse_pos = naive_gla_rows(q, v, learned, perm, chunk_size)
+    O, lse = reference.window_attention(q, v, learned, perm, chunk_size)
     assert O.shape == (n, h, length, C) and lse.shape == (n, h, length)
     torch.testing.assert_close(O.gather(2, inv.unsqueeze(-1).expand(-1, -1, -1, C)), expected_O_pos, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(lse.gather(2, inv), expected_lse_pos, rtol=1e-12, atol=1e-12)
@@ -103,7 +103,7 @@ def test_reference_matches_naive(n, length, chunk_size, h):
 
     side = (length, 1)
     x = torch.randn(n, C, *side, dtype=torch.float64)
-    y = reference.gla_core(q, v, F, rotations, chunk_size, x, res_scale=0.5)
+    y = reference.gla_core(q, v, learned, rotations, chunk_size, x, res_scale=0.5)
     torch.testing.assert_close(y, expected_out.transpose(1, 2).reshape(n, C, *side) * 0.5 + x, rtol=1e-12, atol=1e-12)
 
 
@@ -148,9 +148,9 @@ def test_sblsh_rotations_are_orthonormal_in_groups_and_seeded():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 def test_reference_runs_in_low_precision_close_to_float64(dtype):
-    q, v, F, rotations = random_inputs(1, 20, 4, 6, 8, 2, 2, seed=7)
+    q, v, learned, rotations = random_inputs(1, 20, 4, 6, 8, 2, 2, seed=7)
     x = torch.randn(1, 6, 4, 5, dtype=torch.float64)
-    exact = reference.gla_core(q, v, F, rotations, 8, x, 1.0)
+    exact = reference.gla_core(q, v, learned, rotations, 8, x, 1.0)
     low = reference.gla_core(q.to(dtype), v.to(dtype), F.to(dtype), rotations.float(), 8, x.to(dtype), 1.0)
     assert low.dtype == dtype
     tol = {torch.float32: 1e-5, torch.bfloat16: 6e-2, torch.float16: 1e-2}[dtype]
