@@ -131,141 +131,33 @@ def stage_inputs(s, dtype):
 
 
 def plans(s, dtype_name):
-    """[(stage, source, [Launch])] for shape s and a DTYPES name, from the launchers' plan functions
-    (the temporary adapter below stands in for a launcher that has none yet)."""
+    """[(stage, [Launch])] for shape s and a DTYPES name, from the launchers' own plan functions
+    (config=None: the config each launcher picks; on meta tensors the first valid of its list)."""
     dtype, precision = DTYPES[dtype_name]
     x = stage_inputs(s, dtype)
-    result = []
-    plan = getattr(hash_kernels, "sblsh_hash_fwd_plan", None)
-    if plan:
-        result.append(("hash", "plan", plan(x["q"], x["rotations"])[0]))
-    else:
-        result.append(("hash", "adapter", _adapter_hash(x["q"], x["rotations"])))
-    plan = getattr(bucket_sort, "bucket_sort_fwd_plan", None)
-    if plan:
-        result.append(("sort", "plan", plan(x["codes"], s.b, s.l)[0]))
-    else:
-        result.append(("sort", "adapter", _adapter_sort(x["codes"], s.b, s.l)))
-    plan = getattr(window_attention, "window_attn_fwd_plan", None)
-    if plan:
-        result.append(("fwd", "plan", plan(x["q"], x["v"], x["F"], x["perm"], s.l, precision=precision)[0]))
-    else:
-        result.append(("fwd", "adapter", _adapter_fwd(x["q"], x["v"], x["F"], x["perm"], s.l, precision)))
-    plan = getattr(window_attention_bwd, "window_attn_bwd_plan", None)
-    if plan:
-        launches = plan(x["q"], x["v"], x["F"], x["perm"], x["inv"], x["g"], x["stats"], x["stats"], x["stats"],
-                        s.l, precision=precision)[0]
-        result.append(("bwd", "plan", launches))
-    else:
-        result.append(("bwd", "adapter", _adapter_bwd(x["q"], x["v"], x["F"], x["perm"], x["inv"], x["g"], x["stats"],
-                                                      x["stats"], s.l, precision)))
-    return result
-
-
-# ---- TEMPORARY adapter: Launch objects for kernels whose launcher has no plan function yet. --------
-# It mirrors the launchers of main at 046ca7e line by line and is deleted once K's and KB's plan
-# functions land (every stage above then says source "plan").
-
-def _launch(kernel, grid, args, constexprs, num_warps, num_stages, flops):
-    from kernels.launch import Launch
-    return Launch(kernel, tuple(grid), args, constexprs, num_warps, num_stages, int(flops), kernel.__name__)
-
-
-def _adapter_hash(q, rotations):
-    n_batch, length, c = q.shape
-    h, _, b = rotations.shape
-    block_b, block_l = min(32, triton.next_power_of_2(b)), 128
-    codes = torch.empty((n_batch, h, length), device=q.device, dtype=torch.int32)
-    grid = (triton.cdiv(length, block_l), n_batch)
-    flops = 2 * grid[0] * block_l * n_batch * h * triton.cdiv(b, block_b) * block_b * c
-    return [_launch(hash_kernels._sblsh_hash_fwd_kernel, grid,
-                    dict(Q=q, R=rotations, CODES=codes, length=length, n_hashes=h, match_channels=c, n_buckets=b),
-                    dict(BLOCK_L=block_l, BLOCK_B=block_b), 4, 3, flops)]
-
-
-def _adapter_sort(codes, n_buckets, chunk):
-    n_batch, h, length = codes.shape
-    pad = (-length) % chunk
-    padded = length + pad
-    n_pad_copies = (pad - 1) // length + 1 if pad else 0
-    block_b = triton.next_power_of_2(n_buckets)
-    block_l = min(256, max(16, 16384 // block_b))
-    n_tiles = triton.cdiv(length, block_l)
-    grid = (n_tiles, n_batch * h)
-    hist = torch.empty((n_batch * h, n_tiles, n_buckets), device=codes.device, dtype=torch.int32)
-    perm = torch.empty((n_batch, h, padded), device=codes.device, dtype=torch.int32)
-    inv = torch.empty((n_batch, h, length), device=codes.device, dtype=torch.int32)
-    blocks = dict(BLOCK_L=block_l, BLOCK_B=block_b)
+    stats = x["stats"]
     return [
-        _launch(bucket_sort._bucket_histogram_kernel, grid,
-                dict(CODES=codes, HIST=hist, length=length, n_buckets=n_buckets, n_tiles=n_tiles), blocks, 4, 3, 0),
-        _launch(bucket_sort._bucket_sort_fwd_kernel, grid,
-                dict(CODES=codes, STARTS=hist, PERM=perm, INV=inv, length=length, padded_length=padded, pad=pad,
-                     n_buckets=n_buckets, n_tiles=n_tiles, n_pad_copies=n_pad_copies), blocks, 4, 3, 0),
+        ("hash", hash_kernels.sblsh_hash_fwd_plan(x["q"], x["rotations"])[0]),
+        ("sort", bucket_sort.bucket_sort_fwd_plan(x["codes"], s.b, s.l)[0]),
+        ("fwd", window_attention.window_attn_fwd_plan(x["q"], x["v"], x["F"], x["perm"], s.l, precision)[0]),
+        ("bwd", window_attention_bwd.window_attn_bwd_plan(x["q"], x["v"], x["F"], x["perm"], x["inv"], x["g"], stats,
+                                                          stats, stats, s.l, precision)[0]),
     ]
 
 
-def _adapter_fwd(q, v, F, perm, chunk, precision):
-    n_batch, length, c = q.shape
-    C = v.shape[-1]
-    _, h, padded = perm.shape
-    n_chunks = padded // chunk
-    block_m, block_n, block_c, num_warps = window_attention._launch_config(v.dtype, chunk, C)
-    block_d = max(16, triton.next_power_of_2(c))
-    grid = (n_chunks * (chunk // block_m), n_batch * h, triton.cdiv(C, block_c))
-    O = torch.empty((n_batch, h, length, C), device=v.device, dtype=v.dtype)
-    lse = torch.empty((n_batch, h, length), device=v.device, dtype=torch.float32)
-    flops = 2 * n_batch * h * padded * 3 * chunk * grid[2] * (block_d + block_c)
-    return [_launch(window_attention._window_attn_fwd_kernel, grid,
-                    dict(Q=q, V=v, F=F, PERM=perm, O=O, LSE=lse, length=length, padded_length=padded,
-                         n_chunks=n_chunks, n_hashes=h, match_channels=c, value_channels=C),
-                    dict(CHUNK=chunk, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d, BLOCK_C=block_c,
-                         PRECISION=precision, UPCAST_DOT=False), num_warps, 2, flops)]
+def config_lists():
+    """{module: {NAME_CONFIGS: list or {family: list}}}: every kernel's candidate configs, in order."""
+    found = {}
+    for module in (hash_kernels, bucket_sort, window_attention, window_attention_bwd):
+        lists = {name: value for name, value in vars(module).items() if name.endswith("_CONFIGS")}
+        if lists:
+            found[module.__name__] = lists
+    return found
 
 
-def _adapter_bwd(q, v, F, perm, inv, g, D, LSE, chunk, precision):
-    import triton.language as tl
-    n_batch, length, c = q.shape
-    C = v.shape[2]
-    _, h, padded = perm.shape
-    n_chunks = padded // chunk
-    block_m = block_n = min(64, chunk)
-    block_c = min(64, max(16, triton.next_power_of_2(C)))
-    block_d = max(16, triton.next_power_of_2(c))
-    c_tiles = triton.cdiv(C, block_c)
-    shape_args = dict(length=length, padded_length=padded, n_chunks=n_chunks, n_hashes=h, match_channels=c,
-                      value_channels=C)
-    blocks = dict(CHUNK=chunk, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d, BLOCK_C=block_c,
-                  PRECISION=precision, ACC=tl.float32, UPCAST=False)
-    warps = 8 if block_n >= 64 else 4
-    new = dict(device=q.device, dtype=torch.float32)
-    dv_slot = torch.empty((n_batch, h, padded, C), **new)
-    dkey_slot = torch.empty((n_batch, h, padded, block_d), **new)
-    dF_slot = torch.empty((n_batch, h, padded, chunk), **new)
-    dq_round = torch.empty((n_batch, h, length, block_d), **new)
-    key_grid = (n_chunks * (chunk // block_n), n_batch * h)
-    pairs = n_batch * h * padded * 3 * chunk  # (query, key) pairs each kernel visits
-    launches = [
-        _launch(window_attention_bwd._window_attn_bwd_dv_kernel, key_grid + (c_tiles,),
-                dict(Q=q, F=F, G=g, PERM=perm, LSE=LSE, DV_SLOT=dv_slot, **shape_args), blocks, warps, 3,
-                2 * pairs * c_tiles * (block_d + block_c)),
-        _launch(window_attention_bwd._window_attn_bwd_dkdf_kernel, key_grid,
-                dict(Q=q, V=v, F=F, G=g, PERM=perm, LSE=LSE, DELTA=D, DK_SLOT=dkey_slot, DF_SLOT=dF_slot,
-                     **shape_args), blocks, warps, 3, 2 * pairs * (2 * block_d + c_tiles * block_c)),
-        _launch(window_attention_bwd._window_attn_bwd_dq_kernel, (n_chunks * (chunk // block_m), n_batch * h),
-                dict(Q=q, V=v, F=F, G=g, PERM=perm, LSE=LSE, DELTA=D, DQ_ROUND=dq_round, **shape_args),
-                blocks, warps, 3, 2 * pairs * (2 * block_d + c_tiles * block_c)),
-    ]
-    for slot, width in ((dv_slot, C), (dF_slot, chunk), (dkey_slot, c)):
-        out = torch.empty((n_batch, length, width), **new)
-        block_p, block_w = 32, min(128, triton.next_power_of_2(width))
-        launches.append(_launch(
-            window_attention_bwd._fold_slots_kernel,
-            (triton.cdiv(length, block_p), n_batch, triton.cdiv(width, block_w)),
-            dict(SLOT=slot, INV=inv, OUT=out, length=length, padded_length=padded, n_hashes=h, width=width,
-                 slot_width=slot.shape[-1], n_duplicates=triton.cdiv(padded - length, length)),
-            dict(BLOCK_P=block_p, BLOCK_W=block_w), 4, 3, 0))
-    return launches
+def config_text(config):
+    blocks = " ".join(f"{k}={v}" for k, v in config.kwargs.items())
+    return f"{blocks} w{config.num_warps} s{config.num_stages}"
 
 
 # ---- compiling one launch -------------------------------------------------------------------------
@@ -382,7 +274,7 @@ def compile_launch(launch, target_name):
 
 # ---- the report -----------------------------------------------------------------------------------
 
-COLUMNS = ["triton", "target", "shape", "dtype", "stage", "source", "kernel", "grid", "constexprs", "num_warps",
+COLUMNS = ["triton", "target", "shape", "dtype", "stage", "launch", "kernel", "grid", "constexprs", "num_warps",
            "num_stages", "registers", "spill_store_bytes", "spill_load_bytes", "stack_bytes", "shared_bytes",
            "shared_limit", "dots", "dots_not_mma", "HMMA", "HGMMA", "FFMA", "LDL", "STL", "flops",
            "stage_flops", "stage_min_flops", "stage_flops_ratio", "error"]
@@ -400,7 +292,7 @@ def _constexpr_text(constexprs):
 def select_kernel(launches, stage, kernel):
     if kernel in (None, "all", stage):
         return launches
-    return [x for x in launches if kernel in (x.kernel.__name__, _short(x.kernel.__name__))
+    return [x for x in launches if kernel in (x.kernel.__name__, _short(x.kernel.__name__), x.name)
             or _short(x.kernel.__name__).endswith("_" + kernel)]
 
 
@@ -417,13 +309,14 @@ def report_rows(shape_name, dtype_names, target_names, kernel=None, progress=Non
     s = SHAPES[shape_name]
     rows = []
     for dtype_name in dtype_names:
-        for stage, source, launches in plans(s, dtype_name):
+        for stage, launches in plans(s, dtype_name):
             stage_flops = sum(x.flops for x in launches)
             minimal = minimal_flops(stage, s)
             for launch in select_kernel(launches, stage, kernel):
                 for target_name in target_names:
                     row = dict(triton=triton.__version__, target=target_name, shape=shape_name, dtype=dtype_name,
-                               stage=stage, source=source, kernel=launch.kernel.__name__,
+                               stage=stage, launch=launch.name or _short(launch.kernel.__name__),
+                               kernel=launch.kernel.__name__,
                                grid="x".join(str(g) for g in launch.grid), constexprs=_constexpr_text(launch.constexprs),
                                num_warps=launch.num_warps, num_stages=launch.num_stages,
                                shared_limit=TARGETS[target_name][1], flops=launch.flops, stage_flops=stage_flops,
@@ -438,7 +331,7 @@ def report_rows(shape_name, dtype_names, target_names, kernel=None, progress=Non
                     if progress:
                         progress(row)
     if kernel not in (None, "all") and not rows:
-        known = sorted({_short(x.kernel.__name__) for _, _, ls in plans(s, dtype_names[0]) for x in ls})
+        known = sorted({_short(x.kernel.__name__) for _, ls in plans(s, dtype_names[0]) for x in ls})
         raise ValueError(f"unknown kernel {kernel!r}; choose from {', '.join(known)} or a stage (hash, sort, fwd, bwd)")
     return rows
 
@@ -487,9 +380,9 @@ def problems(row):
 
 def line(row):
     if row.get("error"):
-        return f"{row['target']:6s} {row['dtype']:11s} {_short(row['kernel']):26s} ERROR {row['error']}"
+        return f"{row['target']:6s} {row['dtype']:11s} {row['launch']:26s} ERROR {row['error']}"
     mma = row["HGMMA"] + row["HMMA"]
-    return (f"{row['target']:6s} {row['dtype']:11s} {_short(row['kernel']):26s} regs {row['registers']:3d} "
+    return (f"{row['target']:6s} {row['dtype']:11s} {row['launch']:26s} regs {row['registers']:3d} "
             f"spill st/ld {row['spill_store_bytes']:5d}/{row['spill_load_bytes']:5d} B  smem {row['shared_bytes']:6d} B  "
             f"w{row['num_warps']} s{row['num_stages']}  MMA {mma:4d} FFMA {row['FFMA']:5d} LDL {row['LDL']:4d} "
             f"STL {row['STL']:4d}  dots {row['dots']} (not MMA {row['dots_not_mma']})  "
@@ -527,16 +420,76 @@ def markdown(rows, title):
     for r in rows:
         gate = "; ".join(problems(r)) or "ok"
         if r.get("error"):
-            lines.append(f"| {r['target']} | {r['shape']} | {r['dtype']} | {r['stage']} | {_short(r['kernel'])} | "
+            lines.append(f"| {r['target']} | {r['shape']} | {r['dtype']} | {r['stage']} | {r['launch']} | "
                          f"{r['constexprs']} w{r['num_warps']} s{r['num_stages']} | | | | | | | | | | | {gate} |")
             continue
         lines.append(
-            f"| {r['target']} | {r['shape']} | {r['dtype']} | {r['stage']} | {_short(r['kernel'])} | "
+            f"| {r['target']} | {r['shape']} | {r['dtype']} | {r['stage']} | {r['launch']} | "
             f"{r['constexprs']} w{r['num_warps']} s{r['num_stages']} | {r['registers']} | "
             f"{r['spill_store_bytes']}/{r['spill_load_bytes']} | {r['shared_bytes']} | {r['HMMA'] + r['HGMMA']} | "
             f"{r['FFMA']} | {r['LDL']} | {r['STL']} | {r['dots']} ({r['dots_not_mma']}) | {r['flops'] / 1e9:.2f} | "
             f"{r['stage_flops_ratio']} | {gate} |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + summary_lines(rows) + config_lines(rows)) + "\n"
+
+
+def summary_lines(rows):
+    """Per shape and dtype: each stage's FLOPs against the minimal algorithm; launches failing the gate."""
+    lines = ["", "## FLOPs against the minimal algorithm, and the gate", "",
+             "| shape | dtype | hash x min | fwd x min | bwd x min | fwd GFLOP (min) | bwd GFLOP (min) | launches failing the gate |",
+             "|---|---|---|---|---|---|---|---|"]
+    groups = {}
+    for r in rows:
+        groups.setdefault((r["shape"], r["dtype"]), []).append(r)
+    for (shape, dtype), group in groups.items():
+        stage = {r["stage"]: r for r in group}
+        failing = sorted({f"{r['target']} {r['launch']}" for r in group if problems(r)})
+
+        def ratio(name):
+            return stage[name]["stage_flops_ratio"] if name in stage else ""
+
+        def gflop(name):
+            if name not in stage:
+                return ""
+            return f"{stage[name]['stage_flops'] / 1e9:.1f} ({stage[name]['stage_min_flops'] / 1e9:.1f})"
+        lines.append(f"| {shape} | {dtype} | {ratio('hash')} | {ratio('fwd')} | {ratio('bwd')} | {gflop('fwd')} | "
+                     f"{gflop('bwd')} | {', '.join(failing) or 'none'} |")
+    return lines
+
+
+def _config_used(config, row):
+    blocks = dict(item.split("=", 1) for item in row["constexprs"].split())
+    return (all(blocks.get(k) == str(v) for k, v in config.kwargs.items())
+            and int(row["num_warps"]) == config.num_warps and int(row["num_stages"]) == config.num_stages)
+
+
+def config_lines(rows):
+    """Every kernel's candidate configs in order of preference, marked where a launch of this report
+    starts from one (the first valid config; the same for both targets, a GPU then tunes over the valid
+    ones). A family of a dict of lists is matched to a row through the module's public
+    `config_family(dtype, precision)` where it has one; the exact start config is in every row."""
+    lines = ["", "## Candidate configs (in order; `start` = what the launchers pick without a GPU)", ""]
+    modules = {m.__name__: m for m in (hash_kernels, bucket_sort, window_attention, window_attention_bwd)}
+    for module_name, lists in config_lists().items():
+        family_of = getattr(modules[module_name], "config_family", None)
+        for name, value in lists.items():
+            families = value if isinstance(value, dict) else {"": value}
+            for family, configs in families.items():
+                lines.append(f"- `{module_name}.{name}`" + (f"[`{family}`]" if family else "") + ":")
+                for config in configs:
+                    used = sorted({f"{r['shape']} {r['dtype']}" for r in rows
+                                   if _list_matches(name, r) and _config_used(config, r)
+                                   and (not family or (family_of and family_of(*DTYPES[r["dtype"]]) == family))})
+                    lines.append(f"  - {config_text(config)}" + (f" — start: {', '.join(used)}" if used else ""))
+                if family and not family_of:
+                    lines.append("  - (start configs of this module's launches: see the `config` column above)")
+    return lines
+
+
+def _list_matches(list_name, row):
+    """Whether config list `list_name` (e.g. DV_CONFIGS, WINDOW_ATTN_FWD_CONFIGS) belongs to row's launch."""
+    stem = list_name[: -len("_CONFIGS")].lower()
+    return stem == row["launch"] or row["launch"].endswith("_" + stem) or stem == row["launch"].rsplit("_", 1)[-1] \
+        or (stem == "bucket_sort_fwd" and row["stage"] == "sort")
 
 
 def main(argv=None):
