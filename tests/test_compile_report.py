@@ -131,3 +131,14 @@ def test_unknown_names_are_one_line_errors(option):
     assert result.returncode == 2, result.stdout + result.stderr
     error_lines = result.stderr.strip().splitlines()
     assert len(error_lines) == 1 and error_lines[0].startswith("compile_report: error: unknown"), result.stderr
+
+
+def test_minimal_flops_agree_with_the_kernels_own_models():
+    """The report's minimal-algorithm model and the kernel modules' are written independently."""
+    from kernels.hash import sblsh_hash_fwd_min_flops
+    from kernels.window_attention import window_attn_fwd_min_flops
+    from kernels.window_attention_bwd import minimal_bwd_flops
+    for s in compile_report.SHAPES.values():
+        assert compile_report.minimal_flops("hash", s) == sblsh_hash_fwd_min_flops(s.N, s.L, s.c, s.h, s.b)
+        assert compile_report.minimal_flops("fwd", s) == window_attn_fwd_min_flops(s.N, s.h, s.L, s.c, s.C, s.l)
+        assert compile_report.minimal_flops("bwd", s) == minimal_bwd_flops(s.N, s.h, s.L, s.c, s.C, s.l)
