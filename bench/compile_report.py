@@ -14,10 +14,14 @@ sm_80, HGMMA = wgmma on sm_90a), FFMA, local loads/stores (LDL/STL); the number 
 many of them did not get a tensor-core layout; the launch's FLOPs by the kernel's model (`Launch.flops`)
 and the minimal FLOPs of the stage's algorithm. No timing: nothing runs.
 
-Options: --kernel NAME (a kernel name such as `_window_attn_fwd_kernel`, a short name without the
-underscores/`_kernel`, or a stage: hash, sort, fwd, bwd; default all), --shape training|inference|demo,
---dtype fp32-ieee|fp32-tf32|fp32-tf32x3|bf16|fp16 (default all), --target sm_80|sm_90a (default both; comma-separated lists for several shapes/dtypes/targets),
---csv PATH / --markdown PATH to write tables, --all for the full report.
+Options: --kernel NAME (a kernel name such as `_window_attn_fwd_kernel`, a short name such as
+`window_attn_fwd` or `dv`, a launch name such as `window_attn_bwd_fold_dq`, or a stage: hash, sort,
+fwd, bwd; default all), --shape training|inference|demo (default training),
+--dtype fp32-ieee|fp32-tf32|fp32-tf32x3|bf16|fp16 (default all), --target sm_80|sm_90a (default both);
+--shape/--dtype/--target take comma-separated lists. --csv PATH / --markdown PATH write the tables,
+--all writes the full report to bench/results/compile/triton-<version>.{csv,md}, --jobs N compiles the
+targets in N processes. An unknown shape, dtype, target or kernel is a one-line error (exit status 2).
+Runs with triton 3.6 and 3.9; needs no GPU and no dlsn._C (PYTHONPATH at a checkout is enough).
 """
 import argparse
 import contextlib
