@@ -108,7 +108,7 @@ SHAPES = [
     (2, 2, 45, 8, 24, 16, 4),    # batch 2, nC = 3
     (1, 1, 40, 4, 80, 32, 2),    # chunk 32, C = 80: dkdq's value tiles, the last one masked
     (1, 1, 150, 8, 16, 128, 2),  # chunk 128: several query and key blocks per chunk, nC = 2
-    (1, 2, 20, 8, 16, 256, 2),   # chunk 256, L < l: many blocks per chunk, wrapped padding
+    (1, 1, 20, 8, 16, 256, 2),   # chunk 256, L < l: many blocks per chunk, wrapped padding
 ]
 
 
