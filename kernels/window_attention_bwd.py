@@ -288,8 +288,11 @@ def window_attn_bwd_plan(q, v, F, perm, inv, g, D, lse_max, lse_sum, chunk_size,
     dF_slot = torch.empty((n_batch, n_hashes, padded_length, 1, chunk_size), **new)
     delta = D.to(acc_dtype).contiguous()
 
+    def key_grid(cfg):
+        return (n_chunks * (chunk_size // cfg.kwargs["BLOCK_N"]), n_batch * n_hashes)
+
     def dv_launch(cfg):
-        return Launch(_window_attn_bwd_dv_kernel, (n_chunks * (chunk_size // cfg.kwargs["BLOCK_N"]), n_batch * n_hashes),
+        return Launch(_window_attn_bwd_dv_kernel, key_grid(cfg),
                       dict(**rows, DV_SLOT=dv_slot, **shape_args),
                       dict(**common, **config_blocks(cfg), BLOCK_C=dv_block_c),
                       num_warps=cfg.num_warps, num_stages=cfg.num_stages,
@@ -297,7 +300,7 @@ def window_attn_bwd_plan(q, v, F, perm, inv, g, D, lse_max, lse_sum, chunk_size,
 
     def dkdq_launch(cfg, dq_parts):
         block_c = cfg.kwargs["BLOCK_C"]
-        return Launch(_window_attn_bwd_dkdq_kernel, (n_chunks * (chunk_size // cfg.kwargs["BLOCK_N"]), n_batch * n_hashes),
+        return Launch(_window_attn_bwd_dkdq_kernel, key_grid(cfg),
                       dict(**rows, V=v, DELTA=delta, DKEY_SLOT=dkey_slot, DF_SLOT=dF_slot, DQ_PARTS=dq_parts,
                            **shape_args),
                       dict(**common, **config_blocks(cfg)), num_warps=cfg.num_warps, num_stages=cfg.num_stages,

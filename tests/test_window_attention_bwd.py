@@ -182,7 +182,8 @@ def _meta_inputs(n, h, length, c, C, chunk_size, dtype):
     meta = dict(device="meta")
     padded = length + (-length) % chunk_size
     return (torch.empty(n, length, c, dtype=dtype, **meta), torch.empty(n, length, C, dtype=dtype, **meta),
-            torch.empty(n, length, chunk_size, dtype=dtype, **meta), torch.empty(n, h, padded, dtype=torch.int32, **meta),
+            torch.empty(n, length, chunk_size, dtype=dtype, **meta),
+            torch.empty(n, h, padded, dtype=torch.int32, **meta),
             torch.empty(n, h, length, dtype=torch.int32, **meta), torch.empty(n, length, C, dtype=dtype, **meta),
             *(torch.empty(n, length, **meta) for _ in range(3)), chunk_size)
 
