@@ -12,12 +12,11 @@ Providers (the whole layer: embeddings + attention core, fixed eval rotations):
   `F[key, query slot in chunk]` (and log multiplicity of duplicated chunks when nC < 3), `scale=1`,
   `return_lse`, then the reference round merge. Compiled with `torch.compile` on CUDA.
 """
-import contextlib
-
 import harness
 import torch
 
 from dlsn import GLA, reference
+from dlsn.kernels.constants import KEY_NORM_EPS
 
 PAIRS = (("triton", "reference"), ("triton", "flex"))
 
@@ -28,6 +27,13 @@ def flex_available():
         return True, ""
     except ImportError as error:
         return False, f"torch {torch.__version__} has no FlexAttention ({error})"
+
+
+def sorted_rows(rows, perm):
+    """rows [N, L, d] -> [N, h, Lp, d] in each round's sorted order (slot s holds rows[perm[n, r, s]])."""
+    n_batch, n_hashes, padded = perm.shape
+    index = perm.reshape(n_batch, n_hashes * padded, 1).expand(-1, -1, rows.shape[-1])
+    return rows.gather(1, index).reshape(n_batch, n_hashes, padded, rows.shape[-1])
 
 
 class FlexCore:
@@ -72,8 +78,8 @@ class FlexCore:
         perm, inv = reference.sort_permutation(codes, chunk)
         padded = perm.shape[2]
         length = q.shape[1]
-        keys = q / q.norm(dim=-1, keepdim=True).clamp_min(reference.KEY_NORM_EPS)
-        q_s, k_s, v_s, f_s = (reference._gather_rows(t, perm).contiguous() for t in (q, keys, v, F))
+        keys = q / q.norm(dim=-1, keepdim=True).clamp_min(KEY_NORM_EPS)
+        q_s, k_s, v_s, f_s = (sorted_rows(t, perm) for t in (q, keys, v, F))
         block, log_mult, n_chunks = self.window(padded, chunk, q.device)
 
         def score_mod(score, b, h, q_idx, kv_idx):
@@ -84,44 +90,6 @@ class FlexCore:
         merged, _ = reference.scatter_back(out[:, :, :length], lse[:, :, :length].float(), inv)
         n, channels, height, width = x.shape
         return merged.to(v.dtype).transpose(1, 2).reshape(n, channels, height, width) * res_scale + x
-
-
-def triton_status(device, backward):
-    ready, reason = harness.interpreter_ready(device)
-    if not ready:
-        return None, reason
-    try:
-        from dlsn.ops.fused import gla_attention as core
-    except ImportError as error:
-        return None, f"fused {'backward' if backward else 'forward'} not importable: {error}"
-    return core, ""
-
-
-def make_call(provider, layer, x, rotations, backward, autocast, core):
-    """A closure running one forward (no grad) or forward+backward of the layer with `provider`."""
-    chunk = layer.chunk_size
-    dy = torch.randn_like(x)
-    context = (lambda: torch.autocast(x.device.type, dtype=torch.bfloat16)) if autocast else contextlib.nullcontext
-
-    def forward():
-        if provider == "reference":
-            return layer(x, rotations)
-        q, v, F = layer.embed(x)
-        if provider == "triton" and not backward:
-            return core(q, v, F, rotations, chunk, x.to(v.dtype), layer.res_scale)
-        return core(q, v, F, rotations, chunk, x, layer.res_scale)
-
-    def call():
-        if backward:
-            layer.zero_grad(set_to_none=True)
-            x.grad = None
-            with context():
-                y = forward()
-            y.backward(dy.to(y.dtype))
-        else:
-            with torch.no_grad(), context():
-                forward()
-    return call
 
 
 def check_flex(device, recorder):
@@ -192,7 +160,7 @@ def main(argv=None):
                 for provider in ("reference", "triton", "flex"):
                     core, reason = None, ""
                     if provider == "triton":
-                        core, reason = triton_status(device, backward)
+                        core, reason = harness.fused_gla_attention(device)
                     elif provider == "flex":
                         core, reason = (flex, "") if flex_ok else (None, flex_reason)
                         if core is not None and backward and device.type != "cuda":
@@ -212,7 +180,7 @@ def main(argv=None):
                     if provider != "reference" and core is None:
                         recorder.skip(case, harness.shape_text(s), provider, dtype, reason)
                         continue
-                    call = make_call(provider, layer, xb, rotations, backward, autocast, core)
+                    call = harness.layer_call(provider, layer, xb, rotations, backward, autocast, core)
                     recorder.measure(case, harness.shape_text(s), provider, dtype, call, flops, min_bytes)
         if device.type == "cuda":
             torch.cuda.empty_cache()

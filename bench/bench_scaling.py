@@ -1,14 +1,13 @@
 """Time and peak memory of the GLA layer forward against L = H*W (inference maps, batch 1).
 
 Full run: 64x64, 128x128, 256x256, 384x384, 512x512, C=256, l=128, h=3, float32 and bf16 autocast,
-providers reference and triton (see bench_gla.py). Writes a PNG plot (`bench_scaling.png`) when
+providers reference and triton (`harness.layer_call`, as in bench_gla.py). Writes a PNG plot (`bench_scaling.png`) when
 matplotlib is installed, else says so. `--smoke`: 8x8..16x16 on the CPU.
 Linear scaling shows as constant ms per 1k positions and MiB per 1k positions in the summary.
 """
 import harness
 import torch
 
-from bench_gla import make_call, triton_status
 from dlsn import GLA
 
 PAIRS = (("triton", "reference"),)
@@ -59,7 +58,7 @@ def main(argv=None):
     torch.manual_seed(0)
     layer = GLA(channels, chunk_size=chunk, backend="reference").to(device).eval()
     weight_bytes = sum(p.numel() * 4 for p in layer.parameters())
-    core, reason = triton_status(device, backward=False)
+    core, reason = harness.fused_gla_attention(device)
     for size in sizes:
         s = harness.gla_shape(1, size, size, channels, chunk=chunk)
         x = torch.randn(1, channels, size, size, device=device)
@@ -70,7 +69,7 @@ def main(argv=None):
                 if provider == "triton" and core is None:
                     recorder.skip("infer-fwd", harness.shape_text(s), provider, dtype, reason)
                     continue
-                call = make_call(provider, layer, x, rotations, False, autocast, core)
+                call = harness.layer_call(provider, layer, x, rotations, False, autocast, core)
                 row = recorder.measure("infer-fwd", harness.shape_text(s), provider, dtype, call,
                                        harness.layer_flops(s),
                                        harness.layer_min_bytes(s, harness.ELEMENT_BYTES[dtype], weight_bytes))

@@ -5,7 +5,8 @@ Full run: the training shape (batch 16, 48x48, C=256, c=64, l=128, h=3) and 256x
 float32 and bfloat16 embeddings. `--smoke`: tiny shapes on the CPU (Triton under TRITON_INTERPRET=1).
 
 Every stage runs on the same inputs for each provider: `reference` (dlsn.reference stage functions),
-`triton` (dlsn.ops.fused stage functions; scatter-back from the extension, dlsn.ops.scatter),
+`triton` (dlsn.ops.fused stage functions; scatter-back from the extension, dlsn.ops.scatter; the
+backward is the custom op torch.ops.dlsn.gla_attention_bwd that dlsn.ops.fused registers),
 `torch.sort` / `torch.argsort` (stable, on the hash codes; sort only).
 """
 import harness
@@ -17,6 +18,8 @@ PAIRS = (("triton", "reference"), ("triton", "torch.sort"), ("triton", "torch.ar
 
 
 def fused_stages(device):
+    """The public stage functions of `dlsn.ops.fused` and the custom ops `torch.ops.dlsn.gla_attention_fwd`
+    / `gla_attention_bwd` it registers (the backward stage), or (None, why not)."""
     ready, reason = harness.interpreter_ready(device)
     if not ready:
         return None, reason
@@ -27,23 +30,16 @@ def fused_stages(device):
     return fused, ""
 
 
-def scatter_stage():
+def scatter_stage(device):
+    """`dlsn.ops.scatter.scatter_back` where the extension runs on `device`, else (None, why not)."""
+    from dlsn.ops.scatter import scatter_back
+    stats = torch.zeros(1, 1, 1, device=device)
     try:
-        from dlsn._extension import extension_available
-        from dlsn.ops.scatter import scatter_back
-    except ImportError as error:
-        return None, f"dlsn.ops.scatter not importable: {error}"
-    if not extension_available():
-        return None, "the dlsn._C extension is not built"
+        scatter_back(torch.zeros(1, 1, 1, 1, device=device), stats, stats + 1, stats.to(torch.int32),
+                     torch.zeros(1, 1, 1, 1, device=device), 1.0)
+    except RuntimeError as error:
+        return None, str(error).splitlines()[0]
     return scatter_back, ""
-
-
-def backward_stage():
-    try:
-        from dlsn.ops.fused import _gla_attention_bwd, _gla_attention_fwd
-    except ImportError as error:
-        return None, f"fused backward not importable: {error}"
-    return (_gla_attention_fwd, _gla_attention_bwd), ""
 
 
 def main(argv=None):
@@ -57,10 +53,7 @@ def main(argv=None):
         channels, chunk, cases = 256, 128, [(16, 48, 48), (1, 256, 256)]
         dtypes = (torch.float32, torch.bfloat16)
     fused, fused_reason = fused_stages(device)
-    scatter_back, scatter_reason = scatter_stage()
-    bwd_ops, bwd_reason = backward_stage()
-    if fused is None:
-        bwd_ops, bwd_reason = None, fused_reason
+    scatter_back, scatter_reason = scatter_stage(device)
     torch.manual_seed(0)
     layer = GLA(channels, chunk_size=chunk, backend="reference").to(device).eval()
     for batch, height, width in cases:
@@ -131,8 +124,8 @@ def main(argv=None):
                     rec("fc", shape, "reference", dtype, lambda: fc(rows),
                         2 * n_l * (s["C"] * s["l"] + s["l"] * s["l"]), fb)
             # attention backward (fused): dq, dv, dF from dy
-            if bwd_ops:
-                fwd_op, bwd_op = bwd_ops
+            if fused:
+                fwd_op, bwd_op = torch.ops.dlsn.gla_attention_fwd, torch.ops.dlsn.gla_attention_bwd
                 with torch.no_grad():
                     y, out, lse_max, lse_sum = fwd_op(q, v, F, perm, inv, x, chunk, 1.0, "ieee")
                 dy = torch.randn_like(y)
@@ -141,7 +134,7 @@ def main(argv=None):
                     lambda: bwd_op(dy, q, v, F, perm, inv, out, lse_max, lse_sum, chunk, 1.0, "ieee"),
                     int(2.5 * harness.attention_flops(s)), bb)
             else:
-                recorder.skip("attention-bwd", shape, "triton", dtype, bwd_reason)
+                recorder.skip("attention-bwd", shape, "triton", dtype, fused_reason)
             qg, vg, Fg = (t.detach().clone().requires_grad_(True) for t in (q, v, F))
 
             def reference_bwd():

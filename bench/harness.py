@@ -12,6 +12,7 @@ written once), so achieved TFLOP/s, GB/s and the fraction of the ceilings measur
 `skipped` row with the reason; an exception during a measurement is recorded as `error`.
 """
 import argparse
+import contextlib
 import csv
 import datetime
 import os
@@ -152,6 +153,45 @@ def measure_ceilings(device, smoke):
     return {"copy_gbps": 2 * n_bytes / copy_ms / 1e6, "bf16_tflops": 2 * size**3 / mm_ms / 1e9}
 
 
+def fused_gla_attention(device):
+    """(`dlsn.ops.fused.gla_attention`, "") where the fused kernels run on `device`, else (None, why)."""
+    ready, reason = interpreter_ready(device)
+    if not ready:
+        return None, reason
+    try:
+        from dlsn.ops.fused import gla_attention
+    except ImportError as error:
+        return None, f"dlsn.ops.fused not importable: {error}"
+    return gla_attention, ""
+
+
+def layer_call(provider, layer, x, rotations, backward, autocast, core):
+    """A closure running one forward (no grad) or forward+backward of the GLA layer `layer` on x:
+    provider "reference" calls the layer, any other runs `layer.embed` and then
+    `core(q, v, F, rotations, chunk, x, res_scale)` (the fused `gla_attention`, or bench_gla's flex core)."""
+    chunk = layer.chunk_size
+    dy = torch.randn_like(x)
+    context = (lambda: torch.autocast(x.device.type, dtype=torch.bfloat16)) if autocast else contextlib.nullcontext
+
+    def forward():
+        if provider == "reference":
+            return layer(x, rotations)
+        q, v, F = layer.embed(x)
+        return core(q, v, F, rotations, chunk, x, layer.res_scale)
+
+    def call():
+        if backward:
+            layer.zero_grad(set_to_none=True)
+            x.grad = None
+            with context():
+                y = forward()
+            y.backward(dy.to(y.dtype))
+        else:
+            with torch.no_grad(), context():
+                forward()
+    return call
+
+
 # ---- FLOP and byte counts (contract notation: N, L, c, C, l, h, b) --------------------------------
 
 def gla_shape(batch, height, width, channels=256, reduction=4, chunk=128, hashes=3, max_buckets=128):
@@ -189,14 +229,6 @@ def core_flops(s, backward=False):
 def layer_flops(s, backward=False):
     """GLA layer: embeddings + core; backward of the convs/fc costs twice their forward."""
     return core_flops(s, backward) + embed_flops(s) * (3 if backward else 1)
-
-
-def core_min_bytes(s, elem, backward=False):
-    """Read q, v, F, x once and write y once; backward also reads dy and writes dq, dv, dF, dx."""
-    n_l = s["N"] * s["L"]
-    fwd = elem * n_l * (s["c"] + s["C"] + s["l"] + 2 * s["C"])
-    bwd = elem * n_l * (s["C"] + s["c"] + s["C"] + s["l"] + s["C"]) if backward else 0
-    return fwd + bwd
 
 
 def layer_min_bytes(s, elem, weight_bytes, backward=False):

@@ -1,4 +1,4 @@
-"""Backward of the blocked window attention (contract sections 4-5, docs/internals.md "Fused backward").
+"""Backward of the blocked window attention (contract sections 4-5, docs/internals.md stage 5).
 
 One softmax over all rounds, normalised as the forward's round merge normalises it: with
 `lse_max[pos] = max_r round_max_r[pos]` and `lse_sum[pos] = sum_r round_sum_r[pos] exp(round_max_r[pos]
@@ -30,10 +30,11 @@ Deterministic, no atomics: every buffer row is written by exactly one program, a
 slot's dq parts in key-block order or its padded duplicates in order). Accumulation in float32
 (float64 for float64 inputs, which exists for gradcheck).
 
-Transient buffers (float32; allocated per call, nothing is saved for later), at the training shape
-(N = 16, h = 3, L = Lp = 2304, C = 256, c = 64, l = 128) with 64-key blocks (6 dq parts):
-dv slots N h Lp C (113 MB), dF slots N h Lp l (57 MB), dkey slots N h Lp c (28 MB),
-dq parts N h L (3 l / BLOCK_N) c (170 MB); 368 MB in all, freed on return.
+Transient buffers (float32; allocated per call, nothing is kept): dv, dF and dkey slots N h Lp (C + l + c)
+and the dq parts N h L (3 l / BLOCK_N) c. At the training shape (N = 16, h = 3, L = Lp = 2304,
+C = 256, c = 64, l = 128) that is 198 MB of slots plus dq parts of 340 MB ("fma" configs, 32-key
+blocks), 170 MB ("tf32", 64) or 85 MB (16-bit, 128); at the inference shape (N = 1, 512 x 512) 1.4 GB
+of slots and 2.4 / 1.2 / 0.6 GB of dq parts.
 """
 import torch
 import triton
@@ -194,7 +195,7 @@ def _fold_launch(slot_grad, inv, out, name):
     """Launch folding [N, h, rows, parts, width] slot gradients into out [N, L, width]."""
     n_batch, n_hashes, slot_rows, n_parts, width = slot_grad.shape
     length = inv.shape[2]
-    block_p, block_w = 32, min(128, triton.next_power_of_2(width))
+    block_p, block_w = 32, min(64, triton.next_power_of_2(width))
     n_duplicates = triton.cdiv(slot_rows - length, length)
     return Launch(
         _fold_slots_kernel, (triton.cdiv(length, block_p), n_batch, triton.cdiv(width, block_w)),
@@ -213,26 +214,39 @@ def _key_normalization_backward(q, dkey):
     return torch.where(norm > KEY_NORM_EPS, projected, dkey / KEY_NORM_EPS)
 
 
-# Candidate tiles per kernel and dtype class, in order of preference (`pick_config` keeps those that
-# fit the problem: tiles >= 16 dividing the chunk). The first of each list that fits the training,
-# inference and demo shapes compiles without register spills for sm_80 and sm_90a in every precision
-# mode of its class (bench/compile_report.py). float32 dots run on FMAs with register operands
-# ("ieee") or on tensor cores ("tf32", "tf32x3"); 16-bit dots on tensor cores.
+# Candidate tiles per kernel and family, in order of preference; `pick_config` keeps those that fit
+# the problem (tiles >= 16 dividing the chunk) and, on a GPU, times them. The first of each list
+# compiles without register spills for sm_80 and sm_90a at the training, inference and demo shapes
+# in every dtype and precision of its family (bench/compile_report.py); the last, 16 x 16 tiles,
+# is there for chunk 16. Families: "fma" (float32 "ieee" and float64 dots: FMAs on register
+# operands, so small tiles and 8 warps), "tf32" (float32 "tf32" / "tf32x3": tensor cores on float32
+# tiles, tf32x3 three dots each), "16-bit" (tensor cores). The dkdq kernel's BLOCK_N sets the dq
+# buffer: 3 CHUNK / BLOCK_N parts per query slot.
 DV_CONFIGS = {
-    "float32": [Config(dict(BLOCK_N=32, BLOCK_M=16), num_warps=8, num_stages=1),
-                Config(dict(BLOCK_N=16, BLOCK_M=16), num_warps=4, num_stages=1)],
-    "16-bit": [Config(dict(BLOCK_N=64, BLOCK_M=32), num_warps=8, num_stages=1),
-               Config(dict(BLOCK_N=32, BLOCK_M=32), num_warps=4, num_stages=1),
+    "fma": [Config(dict(BLOCK_N=16, BLOCK_M=16), num_warps=8, num_stages=1),
+            Config(dict(BLOCK_N=16, BLOCK_M=16), num_warps=16, num_stages=1)],
+    "tf32": [Config(dict(BLOCK_N=64, BLOCK_M=32), num_warps=8, num_stages=1),
+             Config(dict(BLOCK_N=16, BLOCK_M=16), num_warps=4, num_stages=1)],
+    "16-bit": [Config(dict(BLOCK_N=64, BLOCK_M=64), num_warps=8, num_stages=1),
+               Config(dict(BLOCK_N=64, BLOCK_M=32), num_warps=8, num_stages=1),
                Config(dict(BLOCK_N=16, BLOCK_M=16), num_warps=4, num_stages=1)],
 }
 DKDQ_CONFIGS = {
-    "float32": [Config(dict(BLOCK_N=64, BLOCK_M=32, BLOCK_C=32), num_warps=8, num_stages=1),
-                Config(dict(BLOCK_N=32, BLOCK_M=16, BLOCK_C=32), num_warps=4, num_stages=1),
-                Config(dict(BLOCK_N=16, BLOCK_M=16, BLOCK_C=16), num_warps=4, num_stages=1)],
-    "16-bit": [Config(dict(BLOCK_N=64, BLOCK_M=64, BLOCK_C=64), num_warps=8, num_stages=1),
-               Config(dict(BLOCK_N=32, BLOCK_M=32, BLOCK_C=64), num_warps=4, num_stages=1),
-               Config(dict(BLOCK_N=16, BLOCK_M=16, BLOCK_C=16), num_warps=4, num_stages=1)],
+    "fma": [Config(dict(BLOCK_N=32, BLOCK_M=16, BLOCK_C=32), num_warps=8, num_stages=1),
+            Config(dict(BLOCK_N=16, BLOCK_M=16, BLOCK_C=32), num_warps=8, num_stages=1)],
+    "tf32": [Config(dict(BLOCK_N=64, BLOCK_M=32, BLOCK_C=32), num_warps=8, num_stages=1),
+             Config(dict(BLOCK_N=16, BLOCK_M=16, BLOCK_C=32), num_warps=4, num_stages=1)],
+    "16-bit": [Config(dict(BLOCK_N=128, BLOCK_M=32, BLOCK_C=32), num_warps=8, num_stages=1),
+               Config(dict(BLOCK_N=64, BLOCK_M=32, BLOCK_C=32), num_warps=8, num_stages=1),
+               Config(dict(BLOCK_N=16, BLOCK_M=16, BLOCK_C=32), num_warps=4, num_stages=1)],
 }
+
+
+def config_family(dtype, precision):
+    """Key of DV_CONFIGS / DKDQ_CONFIGS for inputs of `dtype` and float32 dots of `precision`."""
+    if dtype in (torch.float16, torch.bfloat16):
+        return "16-bit"
+    return "tf32" if dtype == torch.float32 and precision != "ieee" else "fma"
 
 
 def _score_elements(n_batch, n_hashes, rows, chunk_size):
@@ -251,6 +265,8 @@ def window_attn_bwd_plan(q, v, F, perm, inv, g, D, lse_max, lse_sum, chunk_size,
     the dkdq kernel 2 (3 BLOCK_D + C rounded up to BLOCK_C) per score element of every slot t < Lp;
     the folds one add per element read.
     """
+    if precision not in ("ieee", "tf32", "tf32x3"):
+        raise ValueError(f"precision must be 'ieee', 'tf32' or 'tf32x3', got {precision!r}")
     n_batch, length, match_channels = q.shape
     value_channels = v.shape[2]
     _, n_hashes, padded_length = perm.shape
@@ -260,7 +276,7 @@ def window_attn_bwd_plan(q, v, F, perm, inv, g, D, lse_max, lse_sum, chunk_size,
     block_d = max(16, triton.next_power_of_2(match_channels))
     dv_block_c = max(16, triton.next_power_of_2(value_channels))
     elements = _score_elements(n_batch, n_hashes, padded_length, chunk_size)
-    common = dict(CHUNK=chunk_size, BLOCK_D=block_d, PRECISION="ieee" if q.dtype == torch.float64 else precision,
+    common = dict(CHUNK=chunk_size, BLOCK_D=block_d, PRECISION=precision if q.dtype == torch.float32 else "ieee",
                   ACC=tl.float64 if q.dtype == torch.float64 else tl.float32,
                   UPCAST=q.device.type == "cpu" and q.dtype == torch.bfloat16)
     shape_args = dict(length=length, padded_length=padded_length, n_chunks=n_chunks, n_hashes=n_hashes,
@@ -272,8 +288,11 @@ def window_attn_bwd_plan(q, v, F, perm, inv, g, D, lse_max, lse_sum, chunk_size,
     dF_slot = torch.empty((n_batch, n_hashes, padded_length, 1, chunk_size), **new)
     delta = D.to(acc_dtype).contiguous()
 
+    def key_grid(cfg):
+        return (n_chunks * (chunk_size // cfg.kwargs["BLOCK_N"]), n_batch * n_hashes)
+
     def dv_launch(cfg):
-        return Launch(_window_attn_bwd_dv_kernel, (n_chunks * (chunk_size // cfg.kwargs["BLOCK_N"]), n_batch * n_hashes),
+        return Launch(_window_attn_bwd_dv_kernel, key_grid(cfg),
                       dict(**rows, DV_SLOT=dv_slot, **shape_args),
                       dict(**common, **config_blocks(cfg), BLOCK_C=dv_block_c),
                       num_warps=cfg.num_warps, num_stages=cfg.num_stages,
@@ -281,7 +300,7 @@ def window_attn_bwd_plan(q, v, F, perm, inv, g, D, lse_max, lse_sum, chunk_size,
 
     def dkdq_launch(cfg, dq_parts):
         block_c = cfg.kwargs["BLOCK_C"]
-        return Launch(_window_attn_bwd_dkdq_kernel, (n_chunks * (chunk_size // cfg.kwargs["BLOCK_N"]), n_batch * n_hashes),
+        return Launch(_window_attn_bwd_dkdq_kernel, key_grid(cfg),
                       dict(**rows, V=v, DELTA=delta, DKEY_SLOT=dkey_slot, DF_SLOT=dF_slot, DQ_PARTS=dq_parts,
                            **shape_args),
                       dict(**common, **config_blocks(cfg)), num_warps=cfg.num_warps, num_stages=cfg.num_stages,
@@ -294,16 +313,16 @@ def window_attn_bwd_plan(q, v, F, perm, inv, g, D, lse_max, lse_sum, chunk_size,
 
     if config is None:
         key = (q.dtype, value_channels, match_channels, chunk_size, common["PRECISION"])
-        dtype_class = "16-bit" if q.dtype in (torch.float16, torch.bfloat16) else "float32"
+        family = config_family(q.dtype, common["PRECISION"])
 
         def fits(cfg):
             return all(16 <= cfg.kwargs[b] <= chunk_size and chunk_size % cfg.kwargs[b] == 0
                        for b in ("BLOCK_N", "BLOCK_M"))
 
         config = dict(
-            dv=pick_config("window_attn_bwd_dv", DV_CONFIGS[dtype_class], key, q.device, fits,
+            dv=pick_config("window_attn_bwd_dv", DV_CONFIGS[family], key, q.device, fits,
                            lambda cfg: run([dv_launch(cfg)])),
-            dkdq=pick_config("window_attn_bwd_dkdq", DKDQ_CONFIGS[dtype_class], key, q.device, fits,
+            dkdq=pick_config("window_attn_bwd_dkdq", DKDQ_CONFIGS[family], key, q.device, fits,
                              lambda cfg: run([dkdq_launch(cfg, dq_parts_for(cfg))])))
     dq_parts = dq_parts_for(config["dkdq"])
     outputs = {name: torch.empty((n_batch, length, width), **new)

@@ -7,28 +7,18 @@ the sum of exp(score - lse_max) over every round's window).
 float32: relative error <= 1e-4. bfloat16/float16: error against float64 no worse than twice that
 of the reference autograd run in the same dtype; nearly one-hot softmaxes (scores in the thousands):
 float32 dq error no worse than twice the float32 reference's. Also: every shape class, gradcheck in
-float64 (the kernels accumulate in float64 for float64 inputs), and determinism under a reversed
-program order, paired with a check that the same harness catches an order-dependent reduction.
+float64 (the kernels accumulate in float64 for float64 inputs), determinism under a reversed
+program and launch order, the config lists, the precision plumbing and the FLOPs model.
 """
-import os
-
+import pytest
 import torch
+from conftest import DEVICE, rel_error
 
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-
-import pytest  # noqa: E402
-import triton  # noqa: E402
-import triton.language as tl  # noqa: E402
-
-from dlsn import reference  # noqa: E402
-from dlsn.kernels import window_attention_bwd as bwd  # noqa: E402
-from dlsn.kernels.launch import run  # noqa: E402
-from dlsn.kernels.window_attention import window_attn_fwd  # noqa: E402
-from dlsn.kernels.window_attention_bwd import window_attn_bwd, window_attn_bwd_plan  # noqa: E402
-
-DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-INTERPRETER = os.environ.get("TRITON_INTERPRET") == "1"
+from dlsn import reference
+from dlsn.kernels import window_attention_bwd as bwd
+from dlsn.kernels.launch import run
+from dlsn.kernels.window_attention import window_attn_fwd
+from dlsn.kernels.window_attention_bwd import window_attn_bwd, window_attn_bwd_plan
 
 
 def make_inputs(n, h, length, c, C, chunk_size, b, seed, zero_rows=2, relu=True, scale=1.0):
@@ -95,10 +85,6 @@ def triton_grads(q, v, F, g, perm, inv, out, chunk_size, dtype):
     return window_attn_bwd(*kernel_args(q, v, F, g, perm, inv, out, chunk_size, dtype))
 
 
-def rel_error(actual, expected):
-    return ((actual.double() - expected.double()).norm() / expected.double().norm()).item()
-
-
 SHAPES = [
     # n, h, L, c, C, chunk_size, b
     (1, 2, 35, 12, 48, 16, 3),   # nC = 3, padding, C = 48 / c = 12 (masked channels)
@@ -108,7 +94,7 @@ SHAPES = [
     (2, 2, 45, 8, 24, 16, 4),    # batch 2, nC = 3
     (1, 1, 40, 4, 80, 32, 2),    # chunk 32, C = 80: dkdq's value tiles, the last one masked
     (1, 1, 150, 8, 16, 128, 2),  # chunk 128: several query and key blocks per chunk, nC = 2
-    (1, 2, 20, 8, 16, 256, 2),   # chunk 256, L < l: many blocks per chunk, wrapped padding
+    (1, 1, 20, 8, 16, 256, 2),   # chunk 256, L < l: many blocks per chunk, wrapped padding
 ]
 
 
@@ -173,67 +159,64 @@ def test_zero_queries_take_the_clamped_norm_branch():
 
 
 def test_every_config_of_the_lists_is_correct():
-    """Each candidate config (not only the first, which the interpreter picks) gives the same gradients."""
+    """Each candidate config that fits chunk 32 (not only the first, which the interpreter picks)
+    gives the right gradients; the dv and dkdq lists are walked side by side."""
     q, v, F, g, perm, inv = make_inputs(1, 2, 70, 8, 24, 32, 3, seed=13)
     expected, out = reference_grads(q, v, F, g, perm, inv, 32)
     args = kernel_args(q, v, F, g, perm, inv, out, 32, torch.float32)
-    for dv_cfg in bwd.DV_CONFIGS["float32"] + bwd.DV_CONFIGS["16-bit"]:
-        for dkdq_cfg in bwd.DKDQ_CONFIGS["float32"] + bwd.DKDQ_CONFIGS["16-bit"]:
-            if max(dv_cfg.kwargs["BLOCK_N"], dv_cfg.kwargs["BLOCK_M"], dkdq_cfg.kwargs["BLOCK_N"],
-                   dkdq_cfg.kwargs["BLOCK_M"]) > 32:
-                continue
-            launches, grads = window_attn_bwd_plan(*args, config=dict(dv=dv_cfg, dkdq=dkdq_cfg))
-            run(launches)
-            assert rel_error(grads["dv"], expected[1]) <= 1e-4, (dv_cfg, dkdq_cfg)
-            assert rel_error(grads["dF"], expected[2]) <= 1e-4, (dv_cfg, dkdq_cfg)
+    dv_configs = [cfg for table in bwd.DV_CONFIGS.values() for cfg in table]
+    dkdq_configs = [cfg for table in bwd.DKDQ_CONFIGS.values() for cfg in table]
+    fitting = [[cfg for cfg in table if max(cfg.kwargs["BLOCK_N"], cfg.kwargs["BLOCK_M"]) <= 32]
+               for table in (dv_configs, dkdq_configs)]
+    assert len(fitting[0]) >= 3 and len(fitting[1]) >= 3
+    for i in range(max(map(len, fitting))):
+        config = dict(dv=fitting[0][i % len(fitting[0])], dkdq=fitting[1][i % len(fitting[1])])
+        launches, grads = window_attn_bwd_plan(*args, config=config)
+        run(launches)
+        dq = grads["dq"] + bwd._key_normalization_backward(args[0], grads["dkey"])
+        for name, a, e in zip(("dq", "dv", "dF"), (dq, grads["dv"], grads["dF"]), expected):
+            assert rel_error(a, e) <= 1e-4, (name, config)
 
 
-def _reversed_program_order(monkeypatch):
-    """Make the interpreter run every grid's programs last to first."""
-    from triton.runtime import interpreter
-
-    builder = interpreter.interpreter_builder
-    forward = type(builder).set_grid_idx
-
-    def reversed_idx(x, y, z):
-        nx, ny, nz = builder.grid_dim
-        forward(builder, nx - 1 - x, ny - 1 - y, nz - 1 - z)
-
-    monkeypatch.setattr(builder, "set_grid_idx", reversed_idx)
+def _meta_inputs(n, h, length, c, C, chunk_size, dtype):
+    meta = dict(device="meta")
+    padded = length + (-length) % chunk_size
+    return (torch.empty(n, length, c, dtype=dtype, **meta), torch.empty(n, length, C, dtype=dtype, **meta),
+            torch.empty(n, length, chunk_size, dtype=dtype, **meta),
+            torch.empty(n, h, padded, dtype=torch.int32, **meta),
+            torch.empty(n, h, length, dtype=torch.int32, **meta), torch.empty(n, length, C, dtype=dtype, **meta),
+            *(torch.empty(n, length, **meta) for _ in range(3)), chunk_size)
 
 
-@triton.jit
-def _order_dependent_sum_kernel(X, OUT):
-    """OUT += X[program]: a float reduction whose result depends on the order programs run in."""
-    tl.atomic_add(OUT, tl.load(X + tl.program_id(0)))
+@pytest.mark.parametrize("dtype, precision, family", [
+    (torch.float32, "ieee", "fma"), (torch.float32, "tf32", "tf32"), (torch.float32, "tf32x3", "tf32"),
+    (torch.bfloat16, "tf32", "16-bit"), (torch.float16, "ieee", "16-bit"), (torch.float64, "tf32", "fma")])
+def test_precision_reaches_the_kernels(dtype, precision, family):
+    """The float32 dots' precision is a constexpr of both kernels (16-bit and float64 inputs: "ieee"),
+    and each picks the first config of its family that fits (the interpreter / meta tensors do not tune)."""
+    launches, _ = window_attn_bwd_plan(*_meta_inputs(2, 3, 300, 64, 256, 128, dtype), precision=precision)
+    expected = precision if dtype == torch.float32 else "ieee"
+    for launch, table in zip(launches[:2], (bwd.DV_CONFIGS, bwd.DKDQ_CONFIGS)):
+        assert launch.constexprs["PRECISION"] == expected
+        first = table[family][0]
+        assert all(launch.constexprs[k] == v for k, v in first.kwargs.items()), launch.name
+        assert (launch.num_warps, launch.num_stages) == (first.num_warps, first.num_stages)
+    with pytest.raises(ValueError, match="precision"):
+        window_attn_bwd_plan(*_meta_inputs(1, 1, 40, 8, 16, 16, dtype), precision="tf64")
 
 
-@pytest.mark.skipif(not INTERPRETER, reason="program order is controlled on the interpreter only")
-def test_results_do_not_depend_on_program_or_launch_order(monkeypatch):
+def test_results_do_not_depend_on_program_or_launch_order(request):
+    """Bitwise-equal gradients when every launch runs its programs in reverse order and the two
+    kernels and the four folds launch in another order (test_gla_triton_grad shows that the reversal
+    exposes an order-dependent reduction)."""
     q, v, F, g, perm, inv = make_inputs(2, 3, 40, 8, 16, 16, 2, seed=11)
     _, out = reference_grads(q, v, F, g, perm, inv, 16)
     args = kernel_args(q, v, F, g, perm, inv, out, 16, torch.float32)
-
-    def gradients(reverse):
-        launches, grads = window_attn_bwd_plan(*args)
-        run([launches[1], launches[0]] + launches[:1:-1] if reverse else launches)  # folds last
-        return grads
-
-    first = gradients(reverse=False)
-    # Order-dependent work is visible to this harness: an atomic float sum differs bitwise.
-    x = torch.tensor([1.0, 1e8, -1e8], dtype=torch.float32)  # 0 in order, 1 reversed
-    sums = []
-    for reverse in (False, True):
-        with monkeypatch.context() as patch:
-            if reverse:
-                _reversed_program_order(patch)
-            total = torch.zeros(1)
-            _order_dependent_sum_kernel[(3,)](x, total)
-            sums.append(total.item())
-    assert sums[0] != sums[1]
-    with monkeypatch.context() as patch:
-        _reversed_program_order(patch)
-        second = gradients(reverse=True)
+    launches, first = window_attn_bwd_plan(*args)
+    run(launches)
+    request.getfixturevalue("reversed_program_order")
+    launches, second = window_attn_bwd_plan(*args)
+    run([launches[1], launches[0]] + launches[:1:-1])  # kernels swapped, folds reversed (after both)
     for name in first:
         assert torch.equal(first[name], second[name]), name
 
@@ -272,16 +255,12 @@ def test_gradcheck_float64(length, h, fast_mode):
         eps=1e-6, atol=1e-7, rtol=1e-5, fast_mode=fast_mode)
 
 
-def test_flops_model_within_1_15_of_minimal_at_the_training_shape():
+@pytest.mark.parametrize("dtype, precision", [(torch.float32, "ieee"), (torch.float32, "tf32"),
+                                              (torch.bfloat16, "ieee"), (torch.float16, "ieee")])
+def test_flops_model_within_1_15_of_minimal_at_the_training_shape(dtype, precision):
     """FLOPs of the launches (by their models) against the minimal backward, at batch 16, 48x48,
-    C = 256, c = 64, l = 128, h = 3, built from meta tensors."""
+    C = 256, c = 64, l = 128, h = 3, built from meta tensors with the configs the launcher picks."""
     n, h, length, c, C, chunk_size = 16, 3, 48 * 48, 64, 256, 128
-    meta = dict(device="meta")
-    for dtype in (torch.float32, torch.bfloat16, torch.float16):
-        launches, _ = window_attn_bwd_plan(
-            torch.empty(n, length, c, dtype=dtype, **meta), torch.empty(n, length, C, dtype=dtype, **meta),
-            torch.empty(n, length, chunk_size, dtype=dtype, **meta), torch.empty(n, h, length, dtype=torch.int32, **meta),
-            torch.empty(n, h, length, dtype=torch.int32, **meta), torch.empty(n, length, C, dtype=dtype, **meta),
-            *(torch.empty(n, length, **meta) for _ in range(3)), chunk_size)
-        ratio = sum(launch.flops for launch in launches) / bwd.minimal_bwd_flops(n, h, length, c, C, chunk_size)
-        assert 1.0 <= ratio <= 1.15, (dtype, ratio)
+    launches, _ = window_attn_bwd_plan(*_meta_inputs(n, h, length, c, C, chunk_size, dtype), precision=precision)
+    ratio = sum(launch.flops for launch in launches) / bwd.minimal_bwd_flops(n, h, length, c, C, chunk_size)
+    assert 1.0 <= ratio <= 1.15, ratio
