@@ -10,21 +10,21 @@ never happens silently.
 
 Our training checkpoints (`save_training_checkpoint`) are dicts with `format: "dlsn-train"` and
 model, EMA, optimizer, scheduler, GradScaler, iteration, sampler position, config and RNG states.
-They are written atomically: a temp file in the same folder, flushed and fsync'ed, then
-`os.replace`d over the target, so an interrupted write leaves the previous file intact.
+They are written atomically (`dlsn.utils.atomic_write`): a temp file in the same folder, flushed and
+fsync'ed, then renamed over the target, so an interrupted write leaves the previous file intact.
+Files get the mode the umask gives any new file, so other users can read shared weights.
 """
 from __future__ import annotations
 
-import os
 import random
 import re
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from .model import DLSN, DIV2K_RGB_MEAN, unwrap_state_dict
+from .utils import atomic_write
 
 __all__ = ["CheckpointError", "load_model", "load_state_dict_strict", "infer_architecture", "read_checkpoint",
            "atomic_save", "save_training_checkpoint", "save_weights", "load_pretrained", "export_safetensors",
@@ -171,29 +171,8 @@ def load_pretrained(model, path, exclude=("tail.0.",)):
 
 
 def atomic_save(obj, path):
-    """`torch.save(obj, path)` via a temp file in the same folder, fsync and `os.replace`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(obj, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    try:  # make the rename itself durable
-        dir_fd = os.open(str(path.parent), os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError:
-        pass
-    return path
+    """`torch.save(obj, path)` atomically (`dlsn.utils.atomic_write`)."""
+    return atomic_write(path, lambda handle: torch.save(obj, handle))
 
 
 def rng_state() -> dict:
@@ -231,7 +210,7 @@ def save_weights(state_dict, model_config, path):
 def export_safetensors(checkpoint, out, prefer_ema=True):
     """Write the weights of `checkpoint` (any supported format) to a `.safetensors` file; the
     architecture, `n_hashes` and `res_scale` (when the checkpoint records them) go into its metadata."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     obj = read_checkpoint(checkpoint)
     state_dict = _model_state(obj, prefer_ema=prefer_ema)
@@ -239,16 +218,5 @@ def export_safetensors(checkpoint, out, prefer_ema=True):
     if isinstance(obj, dict) and isinstance(obj.get("config"), dict):
         trained = obj["config"].get("model", {})
         metadata.update({k: str(trained[k]) for k in _UNTRACEABLE if k in trained})
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=str(out.parent))
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        os.replace(tmp, out)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return out
+    return atomic_write(out, lambda handle: handle.write(save(tensors, metadata=metadata)))

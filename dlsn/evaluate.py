@@ -18,17 +18,9 @@ from .imageio import IMAGE_EXTENSIONS, read_image_with_alpha, write_image
 from .imresize import imresize
 from .inference import BicubicUpscaler, upscale_tensor
 from .metrics import calc_psnr, calc_ssim
+from .utils import resolve_device
 
 __all__ = ["add_eval_arguments", "run_eval", "add_upscale_arguments", "run_upscale", "load_for_inference"]
-
-
-def _device(name):
-    if name in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: CUDA is not available on this machine")
-    return device
 
 
 def load_for_inference(model_name, checkpoint, scale, device):
@@ -83,7 +75,7 @@ def add_eval_arguments(parser):
 
 def run_eval(args) -> int:
     """``dlsn eval``: prints per-image and mean PSNR/SSIM; returns the exit status."""
-    device = _device(args.device)
+    device = resolve_device(args.device)
     pairs = BenchmarkPairs(args.data, args.scale, args.degradation, noise_level=args.noise_level, seed=args.seed)
     model = load_for_inference(args.model, args.checkpoint, args.scale, device)
     rgb_range = getattr(model, "rgb_range", 1.0)
@@ -162,7 +154,7 @@ def run_upscale(args) -> int:
     files = _expand_inputs(args.inputs)
     out = Path(args.output)
     single_file = len(files) == 1 and out.suffix.lower() in (".png", ".jpg", ".jpeg")
-    device = _device(args.device)
+    device = resolve_device(args.device)
     if args.half and device.type != "cuda":
         raise ValueError("--half needs a CUDA device (float16 convolutions are slow or missing on CPU)")
     model = load_for_inference(args.model, args.checkpoint, args.scale, device)
