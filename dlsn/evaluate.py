@@ -14,7 +14,7 @@ import torch
 
 from .data import BenchmarkPairs
 from .degradations import DEGRADATIONS, DN_NOISE_LEVEL
-from .imageio import IMAGE_EXTENSIONS, read_image_with_alpha, write_image
+from .imageio import IMAGE_EXTENSIONS, NO_ALPHA_EXTENSIONS, read_image_with_alpha, write_image
 from .imresize import imresize
 from .inference import BicubicUpscaler, upscale_tensor
 from .metrics import calc_psnr, calc_ssim
@@ -108,7 +108,9 @@ def add_upscale_arguments(parser):
         "inputs are upscaled as RGB and written as grayscale; RGBA inputs have their colour upscaled "
         "by the model and their alpha by bicubic resizing, and are written as RGBA PNG; 16-bit PNGs "
         "are read at full precision and written as 16-bit PNG. Output names: <stem>_x<S>.png in OUT "
-        "(or OUT itself for a single input whose name ends in .png/.jpg)."
+        "(or OUT itself for a single input when OUT ends in an image suffix such as .png or .jpg; a "
+        "transparent input written as JPEG is composited on white, with a warning). Every file "
+        "written is printed."
     )
     parser.add_argument("inputs", nargs="+", metavar="IN", help="image files or folders of images")
     parser.add_argument("-o", "--output", required=True, metavar="OUT", help="output folder (or file for one input)")
@@ -153,7 +155,7 @@ def run_upscale(args) -> int:
 
     files = _expand_inputs(args.inputs)
     out = Path(args.output)
-    single_file = len(files) == 1 and out.suffix.lower() in (".png", ".jpg", ".jpeg")
+    single_file = len(files) == 1 and out.suffix.lower() in IMAGE_EXTENSIONS
     device = resolve_device(args.device)
     if args.half and device.type != "cuda":
         raise ValueError("--half needs a CUDA device (float16 convolutions are slow or missing on CPU)")
@@ -171,12 +173,17 @@ def run_upscale(args) -> int:
         sr = (sr.float().cpu()[0] / rgb_range).clamp(0, 1)
         if _is_gray(path):
             sr = sr.mean(dim=0, keepdim=True)
-        if alpha is not None:
-            sr = torch.cat([sr, imresize(alpha.double(), scale=args.scale).float().clamp(0, 1)], dim=0)
         target = out if single_file else out / f"{path.stem}_x{args.scale}.png"
-        if alpha is not None and target.suffix.lower() in (".jpg", ".jpeg"):
-            target = target.with_suffix(".png")
+        if alpha is not None:
+            alpha = imresize(alpha.double(), scale=args.scale).float().clamp(0, 1)
+            if target.suffix.lower() in NO_ALPHA_EXTENSIONS:
+                # What the user asked for, composited on white as read_image does for the model.
+                sr = sr * alpha + (1 - alpha)
+                print(f"warning: {path} has transparency, which {target.suffix} cannot store: "
+                      f"{target} is composited on white", file=sys.stderr)
+            else:
+                sr = torch.cat([sr, alpha], dim=0)
         bit_depth = 16 if _is_16bit_png(path) and target.suffix.lower() == ".png" else 8
         write_image(target, sr, bit_depth=bit_depth)
-    print(f"wrote {len(files)} image(s) to {out}", file=sys.stderr)
+        print(f"wrote {target}", file=sys.stderr)
     return 0

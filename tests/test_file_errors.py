@@ -1,0 +1,63 @@
+"""What a new user hits at the file system: output names, write errors, file modes (issue 13, items 2-5)."""
+import os
+import stat
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import dlsn
+from dlsn.cli import main
+from dlsn.imageio import write_image
+
+TINY = dict(n_resgroups=1, n_resblocks=1, n_feats=8, chunk_size=16, n_hashes=1)
+
+
+@pytest.fixture
+def checkpoint(tmp_path):
+    torch.manual_seed(0)
+    path = tmp_path / "tiny_x2.pth"
+    torch.save(dlsn.DLSN(scale=2, **TINY).state_dict(), path)
+    return path
+
+
+def _one_error_line(capsys, *needles):
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]
+
+
+def test_rgba_to_jpeg_writes_the_jpeg_asked_for(tmp_path, capsys):
+    rgba = torch.rand(4, 6, 7)
+    rgba[3] = 0.0  # fully transparent: the JPEG shows the white it is composited on
+    write_image(tmp_path / "in.png", rgba)
+    out = tmp_path / "out.jpg"
+    assert main(["upscale", str(tmp_path / "in.png"), "-o", str(out), "--model", "bicubic", "--scale", "2"]) == 0
+    err = capsys.readouterr().err
+    assert out.is_file() and not (tmp_path / "out.png").exists()
+    assert Image.open(out).format == "JPEG" and Image.open(out).size == (14, 12)
+    assert np.asarray(Image.open(out)).min() >= 250
+    assert f"wrote {out}" in err and "composited on white" in err
+
+
+def test_every_written_path_is_printed(tmp_path, capsys):
+    for name in ("a", "b"):
+        write_image(tmp_path / "in" / f"{name}.png", torch.rand(3, 5, 5))
+    assert main(["upscale", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--model", "bicubic",
+                 "--scale", "2", "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    for name in ("a", "b"):
+        assert f"wrote {tmp_path / 'out' / f'{name}_x2.png'}" in err
+
+
+def test_single_output_with_any_image_suffix(tmp_path, capsys):
+    write_image(tmp_path / "in.png", torch.rand(3, 5, 5))
+    assert main(["upscale", str(tmp_path / "in.png"), "-o", str(tmp_path / "o.webp"), "--model", "bicubic",
+                 "--scale", "2"]) == 0
+    assert Image.open(tmp_path / "o.webp").format == "WEBP"
+
+
