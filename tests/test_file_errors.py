@@ -61,3 +61,23 @@ def test_single_output_with_any_image_suffix(tmp_path, capsys):
     assert Image.open(tmp_path / "o.webp").format == "WEBP"
 
 
+@pytest.mark.parametrize("command", ["upscale", "eval", "export", "train"])
+def test_output_below_a_file_is_one_line(tmp_path, capsys, checkpoint, command):
+    blocker = tmp_path / "blocker"
+    blocker.write_text("I am a file")
+    write_image(tmp_path / "data" / "a.png", torch.rand(3, 24, 24))
+    argv = {
+        "upscale": ["upscale", str(tmp_path / "data" / "a.png"), "-o", str(blocker / "out.png"), "--model",
+                    "bicubic", "--scale", "2"],
+        "eval": ["eval", "--model", "bicubic", "--data", str(tmp_path / "data"), "--scale", "2",
+                 "--save", str(blocker / "sr")],
+        "export": ["export", "--checkpoint", str(checkpoint), "-o", str(blocker / "w.safetensors")],
+        "train": ["train", "--config", "demo", f"log.out_dir={blocker / 'run'}",
+                  f"data.train_dir={tmp_path / 'data'}", "train.iterations=1", "data.patch_size=8",
+                  "data.batch_size=1", "log.progress=false"],
+    }[command]
+    assert main(argv) == 2
+    line = _one_error_line(capsys, str(blocker))
+    assert "file, not a folder" in line, line
+
+
