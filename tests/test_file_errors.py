@@ -81,3 +81,29 @@ def test_output_below_a_file_is_one_line(tmp_path, capsys, checkpoint, command):
     assert "file, not a folder" in line, line
 
 
+def test_unwritable_output_says_cannot_write_the_target(tmp_path, capsys, monkeypatch, checkpoint):
+    write_image(tmp_path / "in.png", torch.rand(3, 5, 5))
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(Image.Image, "save", refuse)
+    out = tmp_path / "out" / "x.png"
+    assert main(["upscale", str(tmp_path / "in.png"), "-o", str(out), "--model", "bicubic", "--scale", "2"]) == 2
+    line = _one_error_line(capsys, f"cannot write {out}: Operation not permitted")
+    assert "format" not in line
+
+    real_open = os.open
+
+    def refuse_tmp(path, *args, **kwargs):
+        if str(path).endswith(".tmp"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", refuse_tmp)
+    target = tmp_path / "w.safetensors"
+    assert main(["export", "--checkpoint", str(checkpoint), "-o", str(target)]) == 2
+    line = _one_error_line(capsys, f"cannot write {target}: Permission denied")
+    assert ".tmp" not in line, line
+
+
