@@ -107,3 +107,18 @@ def test_unwritable_output_says_cannot_write_the_target(tmp_path, capsys, monkey
     assert ".tmp" not in line, line
 
 
+def test_checkpoints_get_the_umask_mode(tmp_path, checkpoint):
+    from dlsn.checkpoint import atomic_save
+
+    old = os.umask(0o022)
+    try:
+        atomic_save({"x": torch.zeros(1)}, tmp_path / "a.pt")
+        assert main(["export", "--checkpoint", str(checkpoint), "-o", str(tmp_path / "w.safetensors")]) == 0
+        os.umask(0o077)
+        atomic_save({"x": torch.zeros(1)}, tmp_path / "private.pt")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "a.pt").stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "w.safetensors").stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "private.pt").stat().st_mode) == 0o600
+    assert not list(tmp_path.glob(".*.tmp"))
