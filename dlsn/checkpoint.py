@@ -39,23 +39,53 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be loaded into the requested model."""
 
 
+def _unreadable(path, why):
+    return CheckpointError(f"{path}: not a readable dlsn checkpoint or weights file: {why}")
+
+
+def _load_failure_reason(exc) -> str:
+    """Why torch.load failed, in one line of our own (torch's text suggests disabling safe loading)."""
+    text = str(exc)
+    if isinstance(exc, EOFError):
+        return "the file ends before its data does (truncated?)"
+    if "central directory" in text or "zip archive" in text:
+        return "the file is truncated or corrupt (its zip archive is incomplete)"
+    unsafe = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+    if unsafe:
+        return (f"it stores Python objects ({unsafe.group(1)}) besides tensors; dlsn reads checkpoints "
+                "with safe loading, which runs no code from the file: re-save the weights as a plain state dict")
+    if "Weights only load failed" in text:
+        return "it holds pickled data that safe loading cannot read; re-save the weights as a plain state dict"
+    return f"not a PyTorch file ({type(exc).__name__}: {text.splitlines()[0] if text else 'no details'})"
+
+
 def read_checkpoint(path, map_location="cpu"):
-    """The object stored at `path` (a torch file or `.safetensors`), with a clear error if unreadable."""
+    """The object stored at `path` (a torch file or `.safetensors`).
+
+    Unreadable files raise `CheckpointError("PATH: not a readable dlsn checkpoint or weights file:
+    reason")` on one line. Files are read with `torch.load(weights_only=True)`: tensors and plain
+    containers only, never code from the file.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {str(path)!r} not found")
+    if path.stat().st_size == 0:
+        raise _unreadable(path, "the file is empty")
     if path.suffix == ".safetensors":
-        from safetensors import safe_open
+        from safetensors import SafetensorError, safe_open
 
-        with safe_open(str(path), framework="pt", device=str(map_location)) as handle:
-            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
-            metadata = handle.metadata() or {}
+        try:
+            with safe_open(str(path), framework="pt", device=str(map_location)) as handle:
+                tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+                metadata = handle.metadata() or {}
+        except SafetensorError as exc:
+            raise _unreadable(path, f"corrupt safetensors data ({exc})") from None
         model = {k: _UNTRACEABLE[k](metadata[k]) for k in _UNTRACEABLE if k in metadata}
         return {"params": tensors, "config": {"model": model}}
     try:
         return torch.load(str(path), map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises several types for truncated/corrupt/foreign files
-        raise CheckpointError(f"cannot read checkpoint {str(path)!r}: {type(exc).__name__}: {exc}") from None
+        raise _unreadable(path, _load_failure_reason(exc)) from None
 
 
 def _model_state(obj, prefer_ema=True):
