@@ -130,7 +130,7 @@ def _latest_checkpoint(out_dir: Path):
 
 
 class _Logger:
-    """CSV (always) and TensorBoard (when importable and enabled) on rank 0."""
+    """CSV (always) and TensorBoard (when enabled; a one-line notice when not installed) on rank 0."""
 
     FIELDS = ["iteration", "loss", "lr", "val_psnr", "seconds"]
 
@@ -147,7 +147,9 @@ class _Logger:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:
-                pass
+                print("notice: TensorBoard logging is off because the tensorboard package is not installed "
+                      "(pip install tensorboard, or set log.tensorboard=false); log.csv is written as usual",
+                      file=sys.stderr)
             else:
                 self.tb = SummaryWriter(str(out_dir / "tensorboard"))
 
