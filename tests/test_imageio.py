@@ -123,4 +123,6 @@ def test_errors_name_the_path(tmp_path):
     with pytest.raises(ValueError, match="16-bit output needs a .png"):
         write_image(tmp_path / "x.jpg", torch.rand(3, 4, 4), bit_depth=16)
     with pytest.raises(ValueError, match=r"\[C, H, W\]"):
-        write_image(tmp_path / "x.png", torch.rand(2, 4, 4))
+        write_image(tmp_path / "x.png", torch.rand(5, 4, 4))
+    write_image(tmp_path / "la.png", torch.rand(2, 4, 4))  # gray + alpha
+    assert Image.open(tmp_path / "la.png").mode == "LA"
