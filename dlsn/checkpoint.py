@@ -10,21 +10,21 @@ never happens silently.
 
 Our training checkpoints (`save_training_checkpoint`) are dicts with `format: "dlsn-train"` and
 model, EMA, optimizer, scheduler, GradScaler, iteration, sampler position, config and RNG states.
-They are written atomically: a temp file in the same folder, flushed and fsync'ed, then
-`os.replace`d over the target, so an interrupted write leaves the previous file intact.
+They are written atomically (`dlsn.utils.atomic_write`): a temp file in the same folder, flushed and
+fsync'ed, then renamed over the target, so an interrupted write leaves the previous file intact.
+Files get the mode the umask gives any new file, so other users can read shared weights.
 """
 from __future__ import annotations
 
-import os
 import random
 import re
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from .model import DLSN, DIV2K_RGB_MEAN, unwrap_state_dict
+from .utils import atomic_write
 
 __all__ = ["CheckpointError", "load_model", "load_state_dict_strict", "infer_architecture", "read_checkpoint",
            "atomic_save", "save_training_checkpoint", "save_weights", "load_pretrained", "export_safetensors",
@@ -39,23 +39,53 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be loaded into the requested model."""
 
 
+def _unreadable(path, why):
+    return CheckpointError(f"{path}: not a readable dlsn checkpoint or weights file: {why}")
+
+
+def _load_failure_reason(exc) -> str:
+    """Why torch.load failed, in one line of our own (torch's text suggests disabling safe loading)."""
+    text = str(exc)
+    if isinstance(exc, EOFError):
+        return "the file ends before its data does (truncated?)"
+    if "central directory" in text or "zip archive" in text:
+        return "the file is truncated or corrupt (its zip archive is incomplete)"
+    unsafe = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+    if unsafe:
+        return (f"it stores Python objects ({unsafe.group(1)}) besides tensors; dlsn reads checkpoints "
+                "with safe loading, which runs no code from the file: re-save the weights as a plain state dict")
+    if "Weights only load failed" in text:
+        return "it holds pickled data that safe loading cannot read; re-save the weights as a plain state dict"
+    return f"not a PyTorch file ({type(exc).__name__}: {text.splitlines()[0] if text else 'no details'})"
+
+
 def read_checkpoint(path, map_location="cpu"):
-    """The object stored at `path` (a torch file or `.safetensors`), with a clear error if unreadable."""
+    """The object stored at `path` (a torch file or `.safetensors`).
+
+    Unreadable files raise `CheckpointError("PATH: not a readable dlsn checkpoint or weights file:
+    reason")` on one line. Files are read with `torch.load(weights_only=True)`: tensors and plain
+    containers only, never code from the file.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {str(path)!r} not found")
+    if path.stat().st_size == 0:
+        raise _unreadable(path, "the file is empty")
     if path.suffix == ".safetensors":
-        from safetensors import safe_open
+        from safetensors import SafetensorError, safe_open
 
-        with safe_open(str(path), framework="pt", device=str(map_location)) as handle:
-            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
-            metadata = handle.metadata() or {}
+        try:
+            with safe_open(str(path), framework="pt", device=str(map_location)) as handle:
+                tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+                metadata = handle.metadata() or {}
+        except SafetensorError as exc:
+            raise _unreadable(path, f"corrupt safetensors data ({exc})") from None
         model = {k: _UNTRACEABLE[k](metadata[k]) for k in _UNTRACEABLE if k in metadata}
         return {"params": tensors, "config": {"model": model}}
     try:
         return torch.load(str(path), map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises several types for truncated/corrupt/foreign files
-        raise CheckpointError(f"cannot read checkpoint {str(path)!r}: {type(exc).__name__}: {exc}") from None
+        raise _unreadable(path, _load_failure_reason(exc)) from None
 
 
 def _model_state(obj, prefer_ema=True):
@@ -171,29 +201,8 @@ def load_pretrained(model, path, exclude=("tail.0.",)):
 
 
 def atomic_save(obj, path):
-    """`torch.save(obj, path)` via a temp file in the same folder, fsync and `os.replace`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(obj, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    try:  # make the rename itself durable
-        dir_fd = os.open(str(path.parent), os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError:
-        pass
-    return path
+    """`torch.save(obj, path)` atomically (`dlsn.utils.atomic_write`)."""
+    return atomic_write(path, lambda handle: torch.save(obj, handle))
 
 
 def rng_state() -> dict:
@@ -231,7 +240,7 @@ def save_weights(state_dict, model_config, path):
 def export_safetensors(checkpoint, out, prefer_ema=True):
     """Write the weights of `checkpoint` (any supported format) to a `.safetensors` file; the
     architecture, `n_hashes` and `res_scale` (when the checkpoint records them) go into its metadata."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     obj = read_checkpoint(checkpoint)
     state_dict = _model_state(obj, prefer_ema=prefer_ema)
@@ -239,16 +248,5 @@ def export_safetensors(checkpoint, out, prefer_ema=True):
     if isinstance(obj, dict) and isinstance(obj.get("config"), dict):
         trained = obj["config"].get("model", {})
         metadata.update({k: str(trained[k]) for k in _UNTRACEABLE if k in trained})
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=str(out.parent))
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        os.replace(tmp, out)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return out
+    return atomic_write(out, lambda handle: handle.write(save(tensors, metadata=metadata)))

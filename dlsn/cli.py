@@ -2,7 +2,8 @@
 
 Subcommands: `train`, `eval`, `upscale`, `demo`, `export`. `eval` and `upscale` live in
 `dlsn.evaluate` and are imported only when used. Errors in the input (missing files, config typos,
-checkpoints that do not fit) print one `dlsn <command>: error: ...` line and exit with status 2;
+checkpoints that do not fit) and every file-system error (naming the path and the reason) print
+one `dlsn <command>: error: ...` line and exit with status 2;
 an interrupted training run exits with 130 after writing its checkpoint.
 """
 from __future__ import annotations
@@ -125,7 +126,12 @@ def main(argv=None) -> int:
 
         if isinstance(exc, TrainingInterrupted):
             return 130
-        if isinstance(exc, (ValueError, FileNotFoundError, PermissionError, RuntimeError, TypeError, ImportError)):
+        if isinstance(exc, OSError):  # every file-system error: the path and the reason, one line
+            from .utils import os_error_reason
+
+            print(f"dlsn {command}: error: {os_error_reason(exc)}", file=sys.stderr)
+            return 2
+        if isinstance(exc, (ValueError, RuntimeError, TypeError, ImportError)):
             print(f"dlsn {command}: error: {exc}", file=sys.stderr)
             return 2
         raise

@@ -1,8 +1,9 @@
 """Image-pair datasets for training and benchmarking.
 
-Both return full-size ``(lr, hr)`` pairs, float32 ``[3, h, w]`` and ``[3, s*h, s*w]`` in [0, 1];
-random patches, flips/transposes and ``rgb_range`` are applied on top by ``dlsn.train.PatchPairs``
-(keyed by ``(index, sample_seed)`` so sampling resumes exactly).
+``PairFolder`` (``TrainPairs``, ``BenchmarkPairs``) reads pairs from folders, ``ImagePairs`` makes them
+from images in memory; all return full-size ``(lr, hr)`` pairs, float32 ``[3, h, w]`` and
+``[3, s*h, s*w]`` in [0, 1]. ``PatchPairs`` cuts the training samples from them: random patches,
+flips/transposes and ``rgb_range``, keyed by ``(index, sample_seed, epoch)`` so sampling resumes exactly.
 
 Folder layouts (``root`` is the folder given by the user):
 
@@ -26,10 +27,11 @@ from typing import List, Optional, Tuple, Union
 import torch
 from torch.utils.data import Dataset
 
-from .degradations import DEGRADATIONS, DN_NOISE_LEVEL, crop_to_scale, degrade
+from .degradations import DEGRADATIONS, DN_NOISE_LEVEL, bicubic_down, crop_to_scale, degrade
 from .imageio import IMAGE_EXTENSIONS, read_image
 
-__all__ = ["PairFolder", "TrainPairs", "BenchmarkPairs", "list_images", "find_hr_dir", "find_lr_dir"]
+__all__ = ["PairFolder", "TrainPairs", "BenchmarkPairs", "ImagePairs", "PatchPairs", "benchmark_pairs",
+           "list_images", "find_hr_dir", "find_lr_dir"]
 
 PathLike = Union[str, Path]
 
@@ -169,3 +171,77 @@ class BenchmarkPairs(PairFolder):
     def __init__(self, root: PathLike, scale: int, degradation: str = "bi", **kwargs):
         kwargs.setdefault("cache", True)
         super().__init__(root, scale, degradation, **kwargs)
+
+
+def benchmark_pairs(folder, scale: int, max_images: int = 0):
+    """BI pairs of a benchmark folder (`BenchmarkPairs`: HR images, or HR + LR_bicubic)."""
+    return BenchmarkPairs(folder, scale, max_images=max_images)
+
+
+class ImagePairs(Dataset):
+    """Full-size `(lr, hr)` pairs made in memory from HR images in [0, 1] ([3, H, W]) by `degrade`
+    (default BI, quantised to 8 bit); `PairFolder` serves folders the same way.
+
+    HR images are cropped to a multiple of `scale` first, as in the SISR literature.
+    """
+
+    def __init__(self, hr_images, scale: int, degrade=bicubic_down, names=None):
+        self.names = list(names) if names is not None else [f"image_{i}" for i in range(len(hr_images))]
+        self.pairs = []
+        for name, hr in zip(self.names, hr_images):
+            if hr.dim() != 3 or hr.shape[0] != 3:
+                raise ValueError(f"{name}: expected an RGB image [3, H, W], got shape {tuple(hr.shape)}")
+            try:
+                hr = crop_to_scale(hr, scale).float().contiguous()
+            except ValueError as exc:
+                raise ValueError(f"{name}: {exc}") from None
+            self.pairs.append((degrade(hr, scale).float(), hr))
+
+    def __len__(self):
+        return len(self.pairs)
+
+    def __getitem__(self, index):
+        return self.pairs[index]
+
+
+class PatchPairs(Dataset):
+    """Aligned random LR/HR patches of a dataset of full `(lr, hr)` pairs.
+
+    Items are keyed by `(index, sample_seed, epoch)`: the crop and the flips/transpose are a function
+    of the key alone; `epoch` selects the DN noise of datasets with `set_epoch` (`PairFolder`).
+    Values are scaled from [0, 1] to [0, rgb_range].
+    """
+
+    def __init__(self, pairs, scale: int, patch_size: int, augment: bool = True, rgb_range: float = 1.0):
+        self.pairs, self.scale, self.patch_size = pairs, scale, patch_size
+        self.augment, self.rgb_range = augment, rgb_range
+
+    def __len__(self):
+        return len(self.pairs)
+
+    def __getitem__(self, key):
+        index, sample_seed, epoch = key
+        if hasattr(self.pairs, "set_epoch"):
+            self.pairs.set_epoch(epoch)
+        lr, hr = self.pairs[index]
+        p, s = self.patch_size, self.scale
+        h, w = lr.shape[-2:]
+        if h < p or w < p:
+            name = getattr(self.pairs, "names", None)
+            name = name[index] if name else f"image {index}"
+            raise ValueError(f"{name}: LR image {h}x{w} is smaller than the training patch {p}x{p} "
+                             f"(data.patch_size)")
+        if hr.shape[-2:] != (h * s, w * s):
+            raise ValueError(f"image {index}: HR {tuple(hr.shape[-2:])} is not {s}x the LR {(h, w)}")
+        g = torch.Generator().manual_seed(sample_seed)
+        y, x = (int(torch.randint(0, n - p + 1, (1,), generator=g)) for n in (h, w))
+        lr = lr[:, y:y + p, x:x + p]
+        hr = hr[:, y * s:(y + p) * s, x * s:(x + p) * s]
+        if self.augment:
+            hflip, vflip, transpose = torch.randint(0, 2, (3,), generator=g).tolist()
+            dims = [d for d, flag in ((-1, hflip), (-2, vflip)) if flag]
+            if dims:
+                lr, hr = lr.flip(dims), hr.flip(dims)
+            if transpose:
+                lr, hr = lr.transpose(-1, -2), hr.transpose(-1, -2)
+        return lr.contiguous() * self.rgb_range, hr.contiguous() * self.rgb_range

@@ -21,7 +21,8 @@ import torch
 
 from .config import apply_overrides, load_config
 from .imresize import imresize
-from .train import ImagePairs, benchmark_pairs, train
+from .data import ImagePairs, benchmark_pairs
+from .train import train
 
 __all__ = ["add_demo_arguments", "run_demo", "photographs", "TRAIN_PHOTOS", "HELD_OUT_PHOTOS", "GAIN_TARGET_DB"]
 

@@ -6,6 +6,7 @@ Errors in the input raise ``FileNotFoundError`` / ``ValueError`` with a message 
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -14,21 +15,14 @@ import torch
 
 from .data import BenchmarkPairs
 from .degradations import DEGRADATIONS, DN_NOISE_LEVEL
-from .imageio import IMAGE_EXTENSIONS, read_image_with_alpha, write_image
+from .imageio import IMAGE_EXTENSIONS, NO_ALPHA_EXTENSIONS, read_image_with_alpha, write_image
 from .imresize import imresize
-from .inference import BicubicUpscaler, upscale_tensor
+from .inference import DEFAULT_BORDER_PAD, BicubicUpscaler, count_tiles, upscale_tensor
 from .metrics import calc_psnr, calc_ssim
+from .tiling import MEMORY_MARGIN, available_memory, format_size, parse_size, plan_tiles
+from .utils import resolve_device
 
 __all__ = ["add_eval_arguments", "run_eval", "add_upscale_arguments", "run_upscale", "load_for_inference"]
-
-
-def _device(name):
-    if name in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: CUDA is not available on this machine")
-    return device
 
 
 def load_for_inference(model_name, checkpoint, scale, device):
@@ -51,14 +45,65 @@ def _add_inference_arguments(parser):
     parser.add_argument("--scale", type=int, required=True, choices=(2, 3, 4, 8), help="upscaling factor")
     parser.add_argument("--model", default="dlsn", choices=("dlsn", "bicubic"),
                         help="'bicubic' runs the MATLAB-compatible bicubic baseline (no checkpoint)")
-    parser.add_argument("--tile", type=int, default=None, metavar="T",
-                        help="run on T x T LR tiles to bound memory (GLA is global: tiles change results "
-                             "slightly; larger is closer to whole-image inference)")
+    parser.add_argument("--tile", type=_tile_argument, default="auto", metavar="T",
+                        help="LR tile size: 'auto' (default) runs the whole image when the estimated memory "
+                             "fits (available RAM, or free GPU memory, with a margin) and else the largest "
+                             "tiles that fit; 0 forces the whole image; T runs T x T tiles. GLA's global "
+                             "attention then sees one tile plus its overlap, so tiles change results slightly")
     parser.add_argument("--tile-overlap", type=int, default=16, metavar="O",
                         help="LR pixels of context around each tile (default 16)")
+    parser.add_argument("--max-memory", default=None, metavar="SIZE",
+                        help="memory budget of --tile auto instead of the available memory, e.g. 2G, 512M")
     parser.add_argument("--self-ensemble", action="store_true",
                         help="average over the 8 flips/transposes (DLSN+; 8x slower)")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+
+
+def _tile_argument(text):
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or a tile size >= 0 (0: whole image), got {text!r}")
+    return value
+
+
+def _super_resolve(model, lr, args, device, border_pad, show_progress):
+    """``upscale_tensor`` with the tiles of ``--tile``/``--max-memory``, saying so when it tiles."""
+    from tqdm import tqdm
+
+    height, width = lr.shape[-2] + 2 * border_pad, lr.shape[-1] + 2 * border_pad
+    tile = None if args.tile in (0, "auto") else args.tile
+    if args.tile == "auto":
+        budget = args.max_memory_bytes
+        if budget is None:
+            available = available_memory(device)
+            budget = None if available is None else int(available * MEMORY_MARGIN)
+        plan = None if budget is None else plan_tiles(
+            model, height, width, budget, overlap=args.tile_overlap, batch=lr.shape[0],
+            device=device, self_ensemble=args.self_ensemble)
+        if plan is not None and plan.tile is not None:
+            tile = plan.tile
+            print(f"tiling: {width}x{height} LR pixels (with border padding) do not fit the memory budget "
+                  f"({format_size(plan.budget)}); running {plan.count} tiles of {tile}x{tile} (+{args.tile_overlap} "
+                  f"pixels of overlap, about {format_size(plan.estimate)}). GLA's global attention then sees one "
+                  "tile's context plus the overlap, not the whole image (--tile 0 forces the whole image, "
+                  "--max-memory sets the budget)", file=sys.stderr)
+    bar = None
+    if tile is not None:
+        total = count_tiles(height, width, tile) * (8 if args.self_ensemble else 1)
+        bar = tqdm(total=total, desc="tiles", unit="tile", file=sys.stderr, leave=False,
+                   disable=not show_progress or total < 2)
+    try:
+        return upscale_tensor(model, lr, args.scale, tile=tile, tile_overlap=args.tile_overlap,
+                              self_ensemble=args.self_ensemble, border_pad=border_pad,
+                              on_tile=None if bar is None else bar.update)
+    finally:
+        if bar is not None:
+            bar.close()
 
 
 def add_eval_arguments(parser):
@@ -76,25 +121,39 @@ def add_eval_arguments(parser):
     parser.add_argument("--noise-level", type=float, default=DN_NOISE_LEVEL,
                         help=f"DN noise std on the 0-255 scale (default {DN_NOISE_LEVEL:g})")
     parser.add_argument("--seed", type=int, default=0, help="seed of the DN noise")
-    parser.add_argument("--save", default=None, metavar="DIR", help="write the SR images (PNG) here")
+    parser.add_argument("--save", default=None, metavar="DIR",
+                        help="write the SR images (PNG) here; they are made with --border-pad "
+                             f"(default {DEFAULT_BORDER_PAD}) so their borders are right, by a second run of the "
+                             "model unless --border-pad is given")
+    parser.add_argument("--border-pad", type=int, default=None, metavar="P",
+                        help="LR pixels of edge replication around each image before the network, cropped "
+                             "after. Scores use 0 (the published protocol) unless P is given")
     parser.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
     return parser
 
 
+def _check_memory_arguments(args):
+    args.max_memory_bytes = None if args.max_memory is None else parse_size(args.max_memory)
+
+
 def run_eval(args) -> int:
     """``dlsn eval``: prints per-image and mean PSNR/SSIM; returns the exit status."""
-    device = _device(args.device)
+    _check_memory_arguments(args)
+    device = resolve_device(args.device)
     pairs = BenchmarkPairs(args.data, args.scale, args.degradation, noise_level=args.noise_level, seed=args.seed)
     model = load_for_inference(args.model, args.checkpoint, args.scale, device)
     rgb_range = getattr(model, "rgb_range", 1.0)
     rows = []
+    score_pad = args.border_pad or 0
+    save_pad = DEFAULT_BORDER_PAD if args.border_pad is None else args.border_pad
     for index, name in enumerate(pairs.names):
         lr, hr = pairs[index]
-        sr = upscale_tensor(model, lr.unsqueeze(0).to(device) * rgb_range, args.scale, tile=args.tile,
-                            tile_overlap=args.tile_overlap, self_ensemble=args.self_ensemble)
-        sr = sr.float().cpu()[0] / rgb_range
+        lr = lr.unsqueeze(0).to(device) * rgb_range
+        sr = _super_resolve(model, lr, args, device, score_pad, show_progress=True).float().cpu()[0] / rgb_range
         rows.append({"image": name, "psnr": calc_psnr(sr, hr, args.scale), "ssim": calc_ssim(sr, hr, args.scale)})
         if args.save:
+            if save_pad != score_pad:
+                sr = _super_resolve(model, lr, args, device, save_pad, show_progress=True).float().cpu()[0] / rgb_range
             write_image(Path(args.save) / f"{name}_x{args.scale}.png", sr)
     mean = {"psnr": sum(r["psnr"] for r in rows) / len(rows), "ssim": sum(r["ssim"] for r in rows) / len(rows)}
     if args.json:
@@ -116,11 +175,16 @@ def add_upscale_arguments(parser):
         "inputs are upscaled as RGB and written as grayscale; RGBA inputs have their colour upscaled "
         "by the model and their alpha by bicubic resizing, and are written as RGBA PNG; 16-bit PNGs "
         "are read at full precision and written as 16-bit PNG. Output names: <stem>_x<S>.png in OUT "
-        "(or OUT itself for a single input whose name ends in .png/.jpg)."
+        "(or OUT itself for a single input when OUT ends in an image suffix such as .png or .jpg; a "
+        "transparent input written as JPEG is composited on white, with a warning). Every file "
+        "written is printed."
     )
     parser.add_argument("inputs", nargs="+", metavar="IN", help="image files or folders of images")
     parser.add_argument("-o", "--output", required=True, metavar="OUT", help="output folder (or file for one input)")
     _add_inference_arguments(parser)
+    parser.add_argument("--border-pad", type=int, default=DEFAULT_BORDER_PAD, metavar="P",
+                        help="LR pixels of edge replication around each image before the network, cropped "
+                             f"after, so the borders come out right (default {DEFAULT_BORDER_PAD}; 0: none)")
     parser.add_argument("--half", action="store_true", help="run the model in float16 (CUDA only)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
@@ -157,12 +221,13 @@ def _is_gray(path: Path) -> bool:
 
 def run_upscale(args) -> int:
     """``dlsn upscale``: writes one upscaled image per input; returns the exit status."""
+    _check_memory_arguments(args)
     from tqdm import tqdm
 
     files = _expand_inputs(args.inputs)
     out = Path(args.output)
-    single_file = len(files) == 1 and out.suffix.lower() in (".png", ".jpg", ".jpeg")
-    device = _device(args.device)
+    single_file = len(files) == 1 and out.suffix.lower() in IMAGE_EXTENSIONS
+    device = resolve_device(args.device)
     if args.half and device.type != "cuda":
         raise ValueError("--half needs a CUDA device (float16 convolutions are slow or missing on CPU)")
     model = load_for_inference(args.model, args.checkpoint, args.scale, device)
@@ -174,17 +239,21 @@ def run_upscale(args) -> int:
         lr = rgb.unsqueeze(0).to(device) * rgb_range
         if args.half:
             lr = lr.half()
-        sr = upscale_tensor(model, lr, args.scale, tile=args.tile, tile_overlap=args.tile_overlap,
-                            self_ensemble=args.self_ensemble)
+        sr = _super_resolve(model, lr, args, device, args.border_pad, show_progress=not args.no_progress)
         sr = (sr.float().cpu()[0] / rgb_range).clamp(0, 1)
         if _is_gray(path):
             sr = sr.mean(dim=0, keepdim=True)
-        if alpha is not None:
-            sr = torch.cat([sr, imresize(alpha.double(), scale=args.scale).float().clamp(0, 1)], dim=0)
         target = out if single_file else out / f"{path.stem}_x{args.scale}.png"
-        if alpha is not None and target.suffix.lower() in (".jpg", ".jpeg"):
-            target = target.with_suffix(".png")
+        if alpha is not None:
+            alpha = imresize(alpha.double(), scale=args.scale).float().clamp(0, 1)
+            if target.suffix.lower() in NO_ALPHA_EXTENSIONS:
+                # What the user asked for, composited on white as read_image does for the model.
+                sr = sr * alpha + (1 - alpha)
+                print(f"warning: {path} has transparency, which {target.suffix} cannot store: "
+                      f"{target} is composited on white", file=sys.stderr)
+            else:
+                sr = torch.cat([sr, alpha], dim=0)
         bit_depth = 16 if _is_16bit_png(path) and target.suffix.lower() == ".png" else 8
         write_image(target, sr, bit_depth=bit_depth)
-    print(f"wrote {len(files)} image(s) to {out}", file=sys.stderr)
+        print(f"wrote {target}", file=sys.stderr)
     return 0

@@ -11,7 +11,7 @@
   ``read_image_with_alpha`` instead returns the RGB (not composited) and the alpha plane, which
   ``dlsn upscale`` resizes separately to write an RGBA result.
 
-``write_image`` writes ``[3, H, W]`` (RGB), ``[4, H, W]`` (RGBA) or ``[1, H, W]`` (gray) tensors in
+``write_image`` writes ``[3, H, W]`` (RGB), ``[4, H, W]`` (RGBA), ``[1, H, W]`` (gray) or ``[2, H, W]`` (gray+alpha) tensors in
 [0, 1], rounded; ``bit_depth=16`` writes a 16-bit PNG, 8 writes any format Pillow knows from the
 suffix (JPEG at quality 95; alpha is refused for formats without it).
 """
@@ -27,9 +27,13 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-__all__ = ["read_image", "read_image_with_alpha", "write_image", "IMAGE_EXTENSIONS"]
+from .utils import WriteError, make_parent, os_error_reason
+
+__all__ = ["read_image", "read_image_with_alpha", "write_image", "IMAGE_EXTENSIONS", "NO_ALPHA_EXTENSIONS"]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+# Formats that cannot store transparency.
+NO_ALPHA_EXTENSIONS = (".jpg", ".jpeg", ".ppm", ".pgm")
 
 PathLike = Union[str, Path]
 
@@ -190,30 +194,36 @@ def _write_png16(path: Path, arr: np.ndarray) -> None:
 
 
 def write_image(path: PathLike, tensor: torch.Tensor, bit_depth: int = 8) -> None:
-    """Write ``tensor`` (``[C, H, W]``, C in {1, 3, 4}, values in [0, 1], clamped and rounded) to ``path``.
+    """Write ``tensor`` (``[C, H, W]``, C in {1, 2, 3, 4}: gray, gray+alpha, RGB, RGBA; values in [0, 1],
+    clamped and rounded) to ``path``.
 
-    ``bit_depth=16`` needs a ``.png`` path. The parent folder is created if missing.
+    ``bit_depth=16`` needs a ``.png`` path. The parent folder is created if missing. Failures are
+    one-line errors ``cannot write PATH: reason`` (``ValueError`` for an unknown suffix, else
+    ``dlsn.utils.WriteError``, an ``OSError``).
     """
     path = Path(path)
-    if not isinstance(tensor, torch.Tensor) or tensor.dim() != 3 or tensor.shape[0] not in (1, 3, 4):
+    if not isinstance(tensor, torch.Tensor) or tensor.dim() != 3 or tensor.shape[0] not in (1, 2, 3, 4):
         shape = tuple(tensor.shape) if isinstance(tensor, torch.Tensor) else type(tensor).__name__
-        raise ValueError(f"write_image({path}): expected a tensor [C, H, W] with C in (1, 3, 4), got {shape}")
+        raise ValueError(f"write_image({path}): expected a tensor [C, H, W] with C in (1, 2, 3, 4), got {shape}")
     if bit_depth not in (8, 16):
         raise ValueError(f"write_image({path}): bit_depth must be 8 or 16, got {bit_depth}")
     suffix = path.suffix.lower()
     if bit_depth == 16 and suffix != ".png":
         raise ValueError(f"write_image({path}): 16-bit output needs a .png file name")
-    if tensor.shape[0] == 4 and suffix in (".jpg", ".jpeg"):
-        raise ValueError(f"write_image({path}): JPEG has no alpha channel; write PNG or drop alpha")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if tensor.shape[0] in (2, 4) and suffix in NO_ALPHA_EXTENSIONS:
+        raise ValueError(f"write_image({path}): {suffix} has no alpha channel; write PNG or drop alpha")
+    make_parent(path)
     arr = tensor.detach().to("cpu", torch.float64).clamp(0, 1).permute(1, 2, 0).numpy()
-    if bit_depth == 16:
-        _write_png16(path, np.round(arr * 65535.0).astype(np.uint16))
-        return
-    arr8 = np.round(arr * 255.0).astype(np.uint8)
-    img = Image.fromarray(arr8[..., 0] if arr8.shape[2] == 1 else arr8)
-    kwargs = {"quality": 95} if suffix in (".jpg", ".jpeg") else {}
     try:
-        img.save(path, **kwargs)
-    except (KeyError, ValueError, OSError) as exc:
-        raise ValueError(f"write_image({path}): cannot write this format: {exc}") from exc
+        if bit_depth == 16:
+            _write_png16(path, np.round(arr * 65535.0).astype(np.uint16))
+            return
+        arr8 = np.round(arr * 255.0).astype(np.uint8)
+        img = Image.fromarray(arr8[..., 0] if arr8.shape[2] == 1 else arr8)
+        kwargs = {"quality": 95} if suffix in (".jpg", ".jpeg") else {}
+        try:
+            img.save(path, **kwargs)
+        except (KeyError, ValueError) as exc:  # Pillow: no writer for this suffix
+            raise ValueError(f"cannot write {path}: no image format for the suffix {suffix!r} ({exc})") from None
+    except OSError as exc:
+        raise WriteError(f"cannot write {path}: {os_error_reason(exc, path)}") from None

@@ -134,6 +134,22 @@ class DLSN(nn.Module):
                 module.layer_name = f"DLSN.{name}"
 
     def forward(self, x):
+        """Super-resolve a batch: `x` [N, n_colors, h, w] -> [N, n_colors, scale*h, scale*w].
+
+        Args:
+            x: floating-point images in [0, rgb_range] (float32, float16 or bfloat16, or float64; the
+                parameters must have the same dtype, or run under `torch.autocast`), on the
+                parameters' device. Any h, w >= 1.
+        Returns:
+            The upscaled batch in `x`'s dtype, not clamped to [0, rgb_range].
+
+        Modes: in training mode every GLA layer draws fresh hashing rotations from torch's RNG on
+        each call (as published); in eval mode layer `i` uses rotations drawn once from a CPU
+        generator seeded with `i`, so the output is deterministic and the same on every device.
+        Each GLA layer runs its `backend` ("auto": fused Triton kernels for CUDA inputs, else the
+        pure-PyTorch reference). The convolutions pad with zeros; `dlsn.inference.upscale_tensor`
+        (used by `dlsn upscale`) pads the image itself so that its borders come out right.
+        """
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"DLSN expects a torch.Tensor, got {type(x).__name__}")
         if x.dim() != 4 or x.shape[1] != self.n_colors:

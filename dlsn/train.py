@@ -34,12 +34,13 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, DistributedSampler
 
 from . import checkpoint as ckpt
 from .config import Config, config_to_dict
-from .degradations import bicubic_down, crop_to_scale
+from .data import ImagePairs, PatchPairs, benchmark_pairs
 from .model import DLSN
+from .utils import resolve_device
 
 __all__ = ["PatchPairs", "ImagePairs", "SampleStream", "build_model", "train",
            "benchmark_pairs", "validate", "TrainingInterrupted"]
@@ -47,75 +48,6 @@ __all__ = ["PatchPairs", "ImagePairs", "SampleStream", "build_model", "train",
 
 class TrainingInterrupted(RuntimeError):
     """Raised after Ctrl-C once the checkpoint holding the finished steps is written."""
-
-
-class ImagePairs(Dataset):
-    """Full-size `(lr, hr)` pairs made in memory from HR images in [0, 1] ([3, H, W]) by `degrade`
-    (default BI, quantised to 8 bit); `dlsn.data` serves folders the same way.
-
-    HR images are cropped to a multiple of `scale` first, as in the SISR literature.
-    """
-
-    def __init__(self, hr_images, scale: int, degrade=bicubic_down, names=None):
-        self.names = list(names) if names is not None else [f"image_{i}" for i in range(len(hr_images))]
-        self.pairs = []
-        for name, hr in zip(self.names, hr_images):
-            if hr.dim() != 3 or hr.shape[0] != 3:
-                raise ValueError(f"{name}: expected an RGB image [3, H, W], got shape {tuple(hr.shape)}")
-            try:
-                hr = crop_to_scale(hr, scale).float().contiguous()
-            except ValueError as exc:
-                raise ValueError(f"{name}: {exc}") from None
-            self.pairs.append((degrade(hr, scale).float(), hr))
-
-    def __len__(self):
-        return len(self.pairs)
-
-    def __getitem__(self, index):
-        return self.pairs[index]
-
-
-class PatchPairs(Dataset):
-    """Aligned random LR/HR patches of a dataset of full `(lr, hr)` pairs.
-
-    Items are keyed by `(index, sample_seed, epoch)`: the crop and the flips/transpose are a function
-    of the key alone; `epoch` selects the DN noise of datasets with `set_epoch` (`dlsn.data`).
-    Values are scaled from [0, 1] to [0, rgb_range].
-    """
-
-    def __init__(self, pairs, scale: int, patch_size: int, augment: bool = True, rgb_range: float = 1.0):
-        self.pairs, self.scale, self.patch_size = pairs, scale, patch_size
-        self.augment, self.rgb_range = augment, rgb_range
-
-    def __len__(self):
-        return len(self.pairs)
-
-    def __getitem__(self, key):
-        index, sample_seed, epoch = key
-        if hasattr(self.pairs, "set_epoch"):
-            self.pairs.set_epoch(epoch)
-        lr, hr = self.pairs[index]
-        p, s = self.patch_size, self.scale
-        h, w = lr.shape[-2:]
-        if h < p or w < p:
-            name = getattr(self.pairs, "names", None)
-            name = name[index] if name else f"image {index}"
-            raise ValueError(f"{name}: LR image {h}x{w} is smaller than the training patch {p}x{p} "
-                             f"(data.patch_size)")
-        if hr.shape[-2:] != (h * s, w * s):
-            raise ValueError(f"image {index}: HR {tuple(hr.shape[-2:])} is not {s}x the LR {(h, w)}")
-        g = torch.Generator().manual_seed(sample_seed)
-        y, x = (int(torch.randint(0, n - p + 1, (1,), generator=g)) for n in (h, w))
-        lr = lr[:, y:y + p, x:x + p]
-        hr = hr[:, y * s:(y + p) * s, x * s:(x + p) * s]
-        if self.augment:
-            hflip, vflip, transpose = torch.randint(0, 2, (3,), generator=g).tolist()
-            dims = [d for d, flag in ((-1, hflip), (-2, vflip)) if flag]
-            if dims:
-                lr, hr = lr.flip(dims), hr.flip(dims)
-            if transpose:
-                lr, hr = lr.transpose(-1, -2), hr.transpose(-1, -2)
-        return lr.contiguous() * self.rgb_range, hr.contiguous() * self.rgb_range
 
 
 class SampleStream(torch.utils.data.Sampler):
@@ -149,13 +81,6 @@ class SampleStream(torch.utils.data.Sampler):
 
 def build_model(cfg: Config) -> DLSN:
     return DLSN(**vars(cfg.model))
-
-
-def benchmark_pairs(folder, scale: int, max_images: int = 0):
-    """BI pairs of a benchmark folder (`dlsn.data.BenchmarkPairs`: HR images, or HR + LR_bicubic)."""
-    from .data import BenchmarkPairs
-
-    return BenchmarkPairs(folder, scale, max_images=max_images)
 
 
 def _training_pairs(cfg: Config):
@@ -197,15 +122,6 @@ def _distributed():
     return 0, 1, 0
 
 
-def _device(cfg: Config, local_rank: int) -> torch.device:
-    if cfg.train.device == "auto":
-        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
-    device = torch.device(cfg.train.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"train.device={cfg.train.device!r} but CUDA is not available; use train.device=cpu")
-    return device
-
-
 def _latest_checkpoint(out_dir: Path):
     found = sorted((out_dir / "checkpoints").glob("iter_*.pt"))
     if not found:
@@ -214,7 +130,7 @@ def _latest_checkpoint(out_dir: Path):
 
 
 class _Logger:
-    """CSV (always) and TensorBoard (when importable and enabled) on rank 0."""
+    """CSV (always) and TensorBoard (when enabled; a one-line notice when not installed) on rank 0."""
 
     FIELDS = ["iteration", "loss", "lr", "val_psnr", "seconds"]
 
@@ -231,7 +147,9 @@ class _Logger:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:
-                pass
+                print("notice: TensorBoard logging is off because the tensorboard package is not installed "
+                      "(pip install tensorboard, or set log.tensorboard=false); log.csv is written as usual",
+                      file=sys.stderr)
             else:
                 self.tb = SummaryWriter(str(out_dir / "tensorboard"))
 
@@ -268,7 +186,7 @@ def train(cfg: Config, resume=None, pairs=None, val_pairs=None, stop_at=None, st
     step_callback: called as `step_callback(iteration)` after each finished step (tests, hooks).
     """
     rank, world, local_rank = _distributed()
-    device = _device(cfg, local_rank)
+    device = resolve_device(cfg.train.device, option="train.device", local_rank=local_rank)
     if device.type == "cuda":
         torch.cuda.set_device(device)  # NCCL collectives (all_gather_object) use the current device
     out_dir = Path(cfg.log.out_dir)

@@ -93,7 +93,7 @@ def test_fine_tune_excludes_the_upsampler():
             assert torch.equal(x4.state_dict()[key], value), key
 
 
-@pytest.mark.parametrize("content, message", [(b"not a checkpoint", "cannot read checkpoint"), (None, "not found")])
+@pytest.mark.parametrize("content, message", [(b"not a checkpoint", "not a readable dlsn checkpoint"), (None, "not found")])
 def test_unreadable_files(tmp_path, content, message):
     path = tmp_path / "broken.pth"
     if content is not None:
@@ -158,3 +158,35 @@ def test_untraceable_settings_travel_with_the_weights(tmp_path):
         assert_same_weights(loaded, model)
     torch.save(model.state_dict(), tmp_path / "plain.pth")  # published format: the published values
     assert ckpt.load_model(tmp_path / "plain.pth").body[0].res_scale == 0.1
+
+
+class _NotATensor:
+    pass
+
+
+def _broken_files(tmp_path):
+    good = tmp_path / "good.pt"
+    torch.save(small_model().state_dict(), good)
+    data = good.read_bytes()
+    (tmp_path / "truncated.pt").write_bytes(data[: len(data) // 2])
+    (tmp_path / "empty.pt").write_bytes(b"")
+    torch.save({"params": small_model().state_dict(), "extra": _NotATensor()}, tmp_path / "unsafe.pt")
+    (tmp_path / "bad.safetensors").write_bytes(b"garbage!")
+    return {"truncated.pt": "truncated", "empty.pt": "empty", "unsafe.pt": "_NotATensor",
+            "bad.safetensors": "safetensors"}
+
+
+def test_unreadable_checkpoints_are_one_line_of_our_own(tmp_path, capsys):
+    from dlsn.cli import main
+
+    for name, why in _broken_files(tmp_path).items():
+        with pytest.raises(ckpt.CheckpointError) as info:
+            ckpt.load_model(tmp_path / name)
+        message = str(info.value)
+        assert "\n" not in message and str(tmp_path / name) in message and why in message, message
+        assert "not a readable dlsn checkpoint or weights file" in message
+        assert "weights_only" not in message and "False" not in message, message
+        assert main(["upscale", str(tmp_path / name), "-o", str(tmp_path / "o"), "--checkpoint",
+                     str(tmp_path / name), "--scale", "2"]) == 2
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and why in err, err

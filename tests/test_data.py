@@ -83,8 +83,8 @@ def test_bad_folders(tmp_path):
 
 
 def test_patches_from_train_pairs(tmp_path):
-    # The training loop's patch sampler (dlsn.train.PatchPairs) on these pairs: aligned and clear on small images.
-    from dlsn.train import PatchPairs
+    # The training loop's patch sampler (dlsn.data.PatchPairs) on these pairs: aligned and clear on small images.
+    from dlsn.data import PatchPairs
 
     _make_hr(tmp_path, size=(24, 30))
     pairs = TrainPairs(tmp_path, 2)

@@ -108,7 +108,7 @@ def test_jpeg(tmp_path):
     x = torch.full((3, 16, 16), 0.5)
     write_image(tmp_path / "x.jpg", x)
     assert (read_image(tmp_path / "x.jpg") - x).abs().max() < 3 / 255
-    with pytest.raises(ValueError, match="JPEG has no alpha"):
+    with pytest.raises(ValueError, match=r"\.jpg has no alpha"):
         write_image(tmp_path / "y.jpg", torch.rand(4, 4, 4))
 
 
@@ -123,4 +123,6 @@ def test_errors_name_the_path(tmp_path):
     with pytest.raises(ValueError, match="16-bit output needs a .png"):
         write_image(tmp_path / "x.jpg", torch.rand(3, 4, 4), bit_depth=16)
     with pytest.raises(ValueError, match=r"\[C, H, W\]"):
-        write_image(tmp_path / "x.png", torch.rand(2, 4, 4))
+        write_image(tmp_path / "x.png", torch.rand(5, 4, 4))
+    write_image(tmp_path / "la.png", torch.rand(2, 4, 4))  # gray + alpha
+    assert Image.open(tmp_path / "la.png").mode == "LA"

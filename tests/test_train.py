@@ -9,7 +9,8 @@ import torch.multiprocessing as mp
 
 from dlsn import checkpoint as ckpt
 from dlsn.config import config_from_dict
-from dlsn.train import ImagePairs, PatchPairs, TrainingInterrupted, train
+from dlsn.data import ImagePairs, PatchPairs
+from dlsn.train import TrainingInterrupted, train
 
 
 def tiny_config(out_dir, **train_overrides):
