@@ -7,6 +7,7 @@ from torch import nn
 from . import reference
 
 BACKENDS = ("auto", "reference", "triton")
+SIMILARITIES = ("both", "dot", "learned")
 TRITON_CHUNK_SIZES = (16, 32, 64, 128, 256)
 
 
@@ -39,6 +40,13 @@ class GLA(nn.Module):
             from torch's RNG on every call (as published); eval mode draws them once per bucket
             count from a CPU generator seeded with `eval_seed`, so inference is deterministic and
             identical across devices. `dlsn.DLSN` gives every layer its own seed (its group index).
+        similarity: the attention score (the paper's Table 1 ablation). "both" (published): dot
+            product plus learnable term; "dot": dot product only (no `conv_assembly_fc`/`fc`
+            parameters); "learned": learnable term only (positions are still hashed by their
+            queries; the attention gets zero queries, so the dot term vanishes).
+
+    `n_hashes` is a plain attribute: setting it changes the rounds of later calls without touching
+    the weights; eval-mode rotations are drawn (and cached) per round count from `eval_seed`.
 
     `forward(x, rotations=None)`: `x` [N, C, H, W] floating point; explicit `rotations`
     [n_hashes, C // reduction, n_buckets] override the drawn ones (n_buckets from
@@ -46,7 +54,7 @@ class GLA(nn.Module):
     """
 
     def __init__(self, channels, reduction=4, chunk_size=128, n_hashes=3, max_buckets=128,
-                 res_scale=1.0, backend="auto", eval_seed=0):
+                 res_scale=1.0, backend="auto", eval_seed=0, similarity="both"):
         super().__init__()
         for name, value in (("channels", channels), ("reduction", reduction), ("chunk_size", chunk_size),
                             ("n_hashes", n_hashes), ("max_buckets", max_buckets)):
@@ -56,6 +64,9 @@ class GLA(nn.Module):
             raise ValueError(f"GLA: channels ({channels}) must be divisible by reduction ({reduction})")
         if backend not in BACKENDS:
             raise ValueError(f"GLA: backend must be one of {BACKENDS}, got {backend!r}")
+        if similarity not in SIMILARITIES:
+            raise ValueError(f"GLA: similarity must be one of {SIMILARITIES}, got {similarity!r}")
+        self.similarity = similarity
         self.channels = channels
         self.reduction = reduction
         self.chunk_size = chunk_size
@@ -67,16 +78,17 @@ class GLA(nn.Module):
         match_channels = channels // reduction
         self.conv_match = _conv_relu(channels, match_channels)
         self.conv_assembly = _conv_relu(channels, channels)
-        self.conv_assembly_fc = _conv_relu(channels, channels)
-        self.fc = nn.Sequential(
-            nn.Linear(channels, chunk_size), nn.ReLU(inplace=True), nn.Linear(chunk_size, chunk_size)
-        )
+        if similarity != "dot":
+            self.conv_assembly_fc = _conv_relu(channels, channels)
+            self.fc = nn.Sequential(
+                nn.Linear(channels, chunk_size), nn.ReLU(inplace=True), nn.Linear(chunk_size, chunk_size)
+            )
         self._eval_rotations = {}
 
     def extra_repr(self):
         return (f"channels={self.channels}, reduction={self.reduction}, chunk_size={self.chunk_size}, "
                 f"n_hashes={self.n_hashes}, max_buckets={self.max_buckets}, res_scale={self.res_scale}, "
-                f"backend={self.backend!r}, eval_seed={self.eval_seed}")
+                f"backend={self.backend!r}, eval_seed={self.eval_seed}, similarity={self.similarity!r}")
 
     def n_buckets(self, length):
         return reference.n_buckets(length, self.chunk_size, self.max_buckets)
@@ -87,7 +99,7 @@ class GLA(nn.Module):
         match_channels = self.channels // self.reduction
         if self.training:
             return reference.sblsh_rotations(match_channels, buckets, self.n_hashes, device=device)
-        key = (buckets, str(device))
+        key = (buckets, str(device), self.n_hashes)
         if key not in self._eval_rotations:
             generator = torch.Generator().manual_seed(self.eval_seed)
             self._eval_rotations[key] = reference.sblsh_rotations(
@@ -144,7 +156,10 @@ class GLA(nn.Module):
 
         q = rows(self.conv_match(x)).contiguous()
         v = rows(self.conv_assembly(x)).contiguous()
-        learned = self.fc(rows(self.conv_assembly_fc(x))).contiguous()
+        if self.similarity == "dot":
+            learned = v.new_zeros(v.shape[0], v.shape[1], self.chunk_size)
+        else:
+            learned = self.fc(rows(self.conv_assembly_fc(x))).contiguous()
         return q, v, learned
 
     def forward(self, x, rotations=None):
@@ -153,6 +168,8 @@ class GLA(nn.Module):
         if rotations is None:
             rotations = self.rotations_for(x.shape[2] * x.shape[3], x.device)
         q, v, learned = self.embed(x)
+        if self.similarity == "learned":
+            return self._learned_only(q, v, learned, rotations, x, backend)
         if backend == "triton":
             from .ops.fused import gla_core_triton
             from .ops.fused_grad import gla_core_triton_grad
@@ -164,3 +181,21 @@ class GLA(nn.Module):
                 return gla_core_triton_grad(q, v, learned, rotations, self.chunk_size, x, self.res_scale)
             return gla_core_triton(q, v, learned, rotations, self.chunk_size, x, self.res_scale)
         return reference.gla_core(q, v, learned, rotations, self.chunk_size, x, self.res_scale)
+
+    def _learned_only(self, q, v, learned, rotations, x, backend):
+        """similarity="learned": hash and sort by the real queries, attend with zero queries (keys
+        normalise to zero too), so every score is the learnable term alone. `q * 0` keeps
+        `conv_match` in the graph with a zero gradient (no unused parameters under DDP)."""
+        zero_queries = q * 0
+        if backend == "triton":
+            from .ops.fused import triton_hash, triton_sort
+            from .ops.fused_grad import gla_attention
+
+            codes = triton_hash(q.detach(), rotations)
+            perm, inv = triton_sort(codes, rotations.shape[2], self.chunk_size, check_range=False)
+            return gla_attention(zero_queries, v, learned, perm, inv, x, self.chunk_size, self.res_scale)
+        perm, inv = reference.sort_permutation(reference.hash_codes(q, rotations), self.chunk_size)
+        out, lse = reference.window_attention(zero_queries, v, learned, perm, self.chunk_size)
+        out, _ = reference.combine_rounds(out, lse, inv)
+        n, channels, height, width = x.shape
+        return out.transpose(1, 2).reshape(n, channels, height, width) * self.res_scale + x
