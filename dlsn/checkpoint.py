@@ -151,6 +151,8 @@ def load_model(path, scale=None, map_location="cpu", prefer_ema=True, **override
         arch.update({k: trained[k] for k in _UNTRACEABLE if k in trained})
         if "chunk_size" not in arch and "chunk_size" in trained:
             arch["chunk_size"] = trained["chunk_size"]
+        if trained.get("eval_n_hashes") is not None:  # test-time rounds chosen in the training config
+            arch["eval_n_hashes"] = trained["eval_n_hashes"]
     requested = dict(overrides)
     if scale is not None:
         requested["scale"] = scale

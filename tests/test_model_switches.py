@@ -222,9 +222,11 @@ def test_ablation_weights_reload_with_their_switch(tmp_path, similarity):
 
     torch.manual_seed(0)
     model = DLSN(similarity=similarity, local_fusion=False, **SMALL).eval()
-    config = dict(SMALL, similarity=similarity, local_fusion=False, res_scale=0.1)
+    config = dict(SMALL, similarity=similarity, local_fusion=False, res_scale=0.1, eval_n_hashes=4)
     ckpt.save_weights(model.state_dict(), config, tmp_path / "model.pt")
     loaded = ckpt.load_model(tmp_path / "model.pt")
+    assert [layer.n_hashes for layer in loaded.gla_layers()] == [4, 4] and loaded.train_n_hashes == 2
+    loaded.set_n_hashes(2)  # compare with the saved model's own rounds
     exported = ckpt.load_model(ckpt.export_safetensors(tmp_path / "model.pt", tmp_path / "model.safetensors"))
     x = torch.rand(1, 3, 12, 12)
     with torch.no_grad():
