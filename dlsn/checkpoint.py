@@ -32,7 +32,7 @@ __all__ = ["CheckpointError", "load_model", "load_state_dict_strict", "infer_arc
 
 TRAIN_FORMAT = "dlsn-train"
 # Model settings that leave no trace in the weights; stored next to them where we write weights.
-_UNTRACEABLE = {"n_hashes": int, "res_scale": float}
+_UNTRACEABLE = {"n_hashes": int, "res_scale": float, "similarity": str}
 
 
 class CheckpointError(ValueError):
@@ -81,6 +81,8 @@ def read_checkpoint(path, map_location="cpu"):
         except SafetensorError as exc:
             raise _unreadable(path, f"corrupt safetensors data ({exc})") from None
         model = {k: _UNTRACEABLE[k](metadata[k]) for k in _UNTRACEABLE if k in metadata}
+        if "chunk_size" in metadata:
+            model["chunk_size"] = int(metadata["chunk_size"])
         return {"params": tensors, "config": {"model": model}}
     try:
         return torch.load(str(path), map_location=map_location, weights_only=True)
@@ -106,7 +108,9 @@ def infer_architecture(state_dict) -> dict:
         groups = _indices(state_dict, r"body\.(\d+)\.body\.")
         blocks = _indices(state_dict, r"body\.0\.body\.(\d+)\.body\.0\.weight$")
         c = state_dict[f"body.0.body.{len(blocks)}.conv_match.0.weight"].shape[0]
-        chunk_size = state_dict[f"body.0.body.{len(blocks)}.fc.0.weight"].shape[0]
+        # A similarity="dot" model has no fc: its chunk size comes from the recorded config.
+        fc_key = f"body.0.body.{len(blocks)}.fc.0.weight"
+        chunk_size = state_dict[fc_key].shape[0] if fc_key in state_dict else None
         upsample_convs = _indices(state_dict, r"tail\.0\.(\d+)\.weight$")
         first_up = state_dict["tail.0.0.weight"].shape[0]
         bias = state_dict["sub_mean.bias"]
@@ -121,9 +125,13 @@ def infer_architecture(state_dict) -> dict:
     else:
         raise CheckpointError(f"cannot read the scale off tail.0.0.weight {tuple(state_dict['tail.0.0.weight'].shape)} "
                               f"with n_feats={n_feats}")
-    return dict(scale=scale, n_resgroups=len(groups), n_resblocks=len(blocks), n_feats=n_feats,
+    arch = dict(scale=scale, n_resgroups=len(groups), n_resblocks=len(blocks), n_feats=n_feats,
                 reduction=n_feats // c, chunk_size=chunk_size,
                 rgb_range=round(float(-bias[0]) / DIV2K_RGB_MEAN[0], 3))  # float32 bias: 255 reads as 255.000001
+    if chunk_size is None:
+        del arch["chunk_size"]
+        arch["similarity"] = "dot"
+    return arch
 
 
 def load_state_dict_strict(model, state_dict, exclude=()):
@@ -171,6 +179,10 @@ def load_model(path, scale=None, map_location="cpu", prefer_ema=True, **override
     if isinstance(obj, dict) and isinstance(obj.get("config"), dict):
         trained = obj["config"].get("model", {})
         arch.update({k: trained[k] for k in _UNTRACEABLE if k in trained})
+        if "chunk_size" not in arch and "chunk_size" in trained:
+            arch["chunk_size"] = trained["chunk_size"]
+        if trained.get("eval_n_hashes") is not None:  # test-time rounds chosen in the training config
+            arch["eval_n_hashes"] = trained["eval_n_hashes"]
     requested = dict(overrides)
     if scale is not None:
         requested["scale"] = scale
@@ -248,5 +260,7 @@ def export_safetensors(checkpoint, out, prefer_ema=True):
     if isinstance(obj, dict) and isinstance(obj.get("config"), dict):
         trained = obj["config"].get("model", {})
         metadata.update({k: str(trained[k]) for k in _UNTRACEABLE if k in trained})
+        if "chunk_size" in trained:
+            metadata.setdefault("chunk_size", str(trained["chunk_size"]))
     tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
     return atomic_write(out, lambda handle: handle.write(save(tensors, metadata=metadata)))

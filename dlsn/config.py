@@ -28,7 +28,13 @@ class ConfigError(ValueError):
 
 @dataclass
 class ModelConfig:
-    """`dlsn.DLSN` constructor arguments (defaults: the published model)."""
+    """`dlsn.DLSN` constructor arguments (defaults: the published model).
+
+    Ablation switches (the paper's Table 1, Table 2 and Fig. 6): `similarity` "both" (published),
+    "dot" (dot product only, no learnable term) or "learned" (learnable term only); `local_fusion`
+    false drops the local fusion blocks of every group; `n_hashes` hash rounds in training and
+    `eval_n_hashes` at test time (null: the same); `chunk_size` the bucket/chunk size.
+    """
     scale: int = 2
     n_resgroups: int = 10
     n_resblocks: int = 4
@@ -41,6 +47,9 @@ class ModelConfig:
     backend: str = "auto"
     fp32_precision: Optional[str] = None
     check_finite: bool = False
+    similarity: str = "both"
+    local_fusion: bool = True
+    eval_n_hashes: Optional[int] = None
 
 
 @dataclass
@@ -48,11 +57,14 @@ class DataConfig:
     """Training images and the validation benchmark.
 
     `train_dir`: a DIV2K-layout folder (see `dlsn.data`); `val_dir`: a benchmark folder of HR images
-    (LR made on the fly). `patch_size` is the LR patch side; HR patches are `scale` times larger.
+    (LR made on the fly with the training degradation), whose best mean Y-PSNR during training is
+    kept as `best.pt`. `patch_size` is the LR patch side; HR patches are `scale` times larger.
+    `noise_level`: the DN noise std on the 0-255 scale (degradation "dn" only).
     """
     train_dir: Optional[str] = None
     val_dir: Optional[str] = None
     degradation: str = "bi"
+    noise_level: float = 30.0
     patch_size: int = 48
     batch_size: int = 16
     num_workers: int = 4
@@ -107,6 +119,7 @@ class Config:
 
 _AMP_MODES = ("none", "bf16", "fp16")
 _DEGRADATIONS = ("bi", "bd", "dn")
+SIMILARITIES = ("both", "dot", "learned")
 
 
 def _suggest(name, choices):
@@ -163,8 +176,20 @@ def _validate(cfg: Config) -> Config:
         raise ConfigError(f"data.degradation must be one of {_DEGRADATIONS}, got {cfg.data.degradation!r}")
     if len(cfg.train.betas) != 2:
         raise ConfigError(f"train.betas must be two numbers, got {cfg.train.betas}")
+    if cfg.model.similarity not in SIMILARITIES:
+        raise ConfigError(f"model.similarity must be one of {SIMILARITIES}, got {cfg.model.similarity!r}")
+    for where, value in (("model.n_hashes", cfg.model.n_hashes), ("model.eval_n_hashes", cfg.model.eval_n_hashes),
+                         ("model.chunk_size", cfg.model.chunk_size)):
+        if value is not None and value < 1:
+            raise ConfigError(f"{where} must be a positive integer, got {value}")
     if sorted(cfg.train.milestones) != cfg.train.milestones:
         raise ConfigError(f"train.milestones must be increasing, got {cfg.train.milestones}")
+    past = [m for m in cfg.train.milestones if m > cfg.train.iterations or m < 1]
+    if past:
+        raise ConfigError(f"train.milestones {past} lie outside the schedule of train.iterations="
+                          f"{cfg.train.iterations} iterations")
+    if cfg.data.noise_level < 0:
+        raise ConfigError(f"data.noise_level must be >= 0, got {cfg.data.noise_level}")
     for where, value in (("data.patch_size", cfg.data.patch_size), ("data.batch_size", cfg.data.batch_size),
                          ("train.iterations", cfg.train.iterations)):
         if value <= 0:

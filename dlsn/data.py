@@ -173,9 +173,10 @@ class BenchmarkPairs(PairFolder):
         super().__init__(root, scale, degradation, **kwargs)
 
 
-def benchmark_pairs(folder, scale: int, max_images: int = 0):
-    """BI pairs of a benchmark folder (`BenchmarkPairs`: HR images, or HR + LR_bicubic)."""
-    return BenchmarkPairs(folder, scale, max_images=max_images)
+def benchmark_pairs(folder, scale: int, max_images: int = 0, degradation: str = "bi", noise_level: float = 30.0,
+                    seed: int = 0):
+    """Pairs of a benchmark folder (`BenchmarkPairs`: HR images, or HR + LR_bicubic for BI)."""
+    return BenchmarkPairs(folder, scale, degradation, noise_level=noise_level, seed=seed, max_images=max_images)
 
 
 class ImagePairs(Dataset):

@@ -7,8 +7,10 @@ Errors in the input raise ``FileNotFoundError`` / ``ValueError`` with a message 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -22,11 +24,26 @@ from .metrics import calc_psnr, calc_ssim
 from .tiling import MEMORY_MARGIN, available_memory, format_size, parse_size, plan_tiles
 from .utils import resolve_device
 
-__all__ = ["add_eval_arguments", "run_eval", "add_upscale_arguments", "run_upscale", "load_for_inference"]
+__all__ = ["add_eval_arguments", "run_eval", "add_upscale_arguments", "run_upscale", "load_for_inference",
+           "write_results_table", "PAPER_BENCHMARKS"]
+
+# The benchmark order of the paper's tables.
+PAPER_BENCHMARKS = ("Set5", "Set14", "B100", "Urban100", "Manga109")
 
 
-def load_for_inference(model_name, checkpoint, scale, device):
-    """The model to run: ``BicubicUpscaler`` for ``model_name="bicubic"``, else a checkpoint's DLSN."""
+def _check_n_hashes(n_hashes, model_name):
+    if n_hashes is None:
+        return
+    if n_hashes < 1:
+        raise ValueError(f"--n-hashes must be a positive number of hash rounds, got {n_hashes}")
+    if model_name == "bicubic":
+        raise ValueError("--n-hashes sets the hash rounds of a DLSN checkpoint; --model bicubic has none")
+
+
+def load_for_inference(model_name, checkpoint, scale, device, n_hashes=None):
+    """The model to run: ``BicubicUpscaler`` for ``model_name="bicubic"``, else a checkpoint's DLSN
+    (with ``n_hashes`` hash rounds at inference when given; the weights are untouched)."""
+    _check_n_hashes(n_hashes, model_name)
     if model_name == "bicubic":
         return BicubicUpscaler(scale)
     if not checkpoint:
@@ -36,7 +53,10 @@ def load_for_inference(model_name, checkpoint, scale, device):
         raise FileNotFoundError(f"checkpoint not found: {path}")
     from .checkpoint import load_model
 
-    return load_model(path, scale=scale, map_location="cpu").to(device).eval()
+    model = load_model(path, scale=scale, map_location="cpu").to(device).eval()
+    if n_hashes is not None:
+        model.set_n_hashes(n_hashes)
+    return model
 
 
 def _add_inference_arguments(parser):
@@ -57,6 +77,9 @@ def _add_inference_arguments(parser):
     parser.add_argument("--self-ensemble", action="store_true",
                         help="average over the 8 flips/transposes (DLSN+; 8x slower)")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    parser.add_argument("--n-hashes", type=int, default=None, metavar="H",
+                        help="hash rounds of every GLA layer at inference (default: the checkpoint's; "
+                             "the weights are unchanged: more rounds, more accuracy and time)")
 
 
 def _tile_argument(text):
@@ -115,7 +138,14 @@ def add_eval_arguments(parser):
         "layout HR/ + LR_bicubic/X{s}/."
     )
     _add_inference_arguments(parser)
-    parser.add_argument("--data", required=True, metavar="DIR", help="benchmark folder")
+    parser.add_argument("--data", required=True, nargs="+", metavar="DIR",
+                        help="benchmark folder(s), e.g. --data Set5 Set14 B100 Urban100 Manga109 (named by "
+                             "the folder; with several, a table in the paper's layout is printed)")
+    parser.add_argument("--table", default=None, metavar="PATH",
+                        help="write the results table as PATH.md (markdown) and PATH.csv in the paper's layout "
+                             "(method x scale rows, PSNR/SSIM per benchmark); rows of other methods, scales "
+                             "or degradations already in PATH.csv are kept, so calls for x2/x3/x4 and "
+                             "--self-ensemble (the DLSN+ row) build one table")
     parser.add_argument("--degradation", default="bi", choices=DEGRADATIONS,
                         help="bi: bicubic; bd: 7x7 Gaussian blur (sigma 1.6) + bicubic; dn: bicubic + noise")
     parser.add_argument("--noise-level", type=float, default=DN_NOISE_LEVEL,
@@ -136,36 +166,153 @@ def _check_memory_arguments(args):
     args.max_memory_bytes = None if args.max_memory is None else parse_size(args.max_memory)
 
 
-def run_eval(args) -> int:
-    """``dlsn eval``: prints per-image and mean PSNR/SSIM; returns the exit status."""
-    _check_memory_arguments(args)
-    device = resolve_device(args.device)
-    pairs = BenchmarkPairs(args.data, args.scale, args.degradation, noise_level=args.noise_level, seed=args.seed)
-    model = load_for_inference(args.model, args.checkpoint, args.scale, device)
+def _benchmark_name(folder: Path) -> str:
+    folder = Path(folder).resolve()
+    return folder.parent.name if folder.name in ("HR", "GTmod12", "original") else folder.name
+
+
+def _evaluate_folder(model, folder, args, device, save_dir):
+    """Per-image PSNR/SSIM rows, their mean and the seconds spent in the model, for one benchmark
+    folder. Scores come from the unpadded input (the published protocol) unless --border-pad is
+    given; saved images are border-padded (a second run when the two differ)."""
+    pairs = BenchmarkPairs(folder, args.scale, args.degradation, noise_level=args.noise_level, seed=args.seed)
     rgb_range = getattr(model, "rgb_range", 1.0)
-    rows = []
     score_pad = args.border_pad or 0
     save_pad = DEFAULT_BORDER_PAD if args.border_pad is None else args.border_pad
+    rows, seconds = [], 0.0
     for index, name in enumerate(pairs.names):
         lr, hr = pairs[index]
         lr = lr.unsqueeze(0).to(device) * rgb_range
+        started = time.perf_counter()
         sr = _super_resolve(model, lr, args, device, score_pad, show_progress=True).float().cpu()[0] / rgb_range
+        seconds += time.perf_counter() - started
         rows.append({"image": name, "psnr": calc_psnr(sr, hr, args.scale), "ssim": calc_ssim(sr, hr, args.scale)})
-        if args.save:
+        if save_dir is not None:
             if save_pad != score_pad:
                 sr = _super_resolve(model, lr, args, device, save_pad, show_progress=True).float().cpu()[0] / rgb_range
-            write_image(Path(args.save) / f"{name}_x{args.scale}.png", sr)
+            write_image(Path(save_dir) / f"{name}_x{args.scale}.png", sr)
     mean = {"psnr": sum(r["psnr"] for r in rows) / len(rows), "ssim": sum(r["ssim"] for r in rows) / len(rows)}
+    return rows, mean, seconds
+
+
+def _method_label(args) -> str:
+    label = "Bicubic" if args.model == "bicubic" else "DLSN"
+    if args.self_ensemble:
+        label += "+"
+    if args.n_hashes is not None:
+        label += f" (H={args.n_hashes})"
+    return label
+
+
+def run_eval(args) -> int:
+    """``dlsn eval``: prints per-image and mean PSNR/SSIM (one folder) or a table (several);
+    returns the exit status."""
+    folders = [Path(d) for d in args.data]
+    for folder in folders:  # every folder is checked before minutes of inference
+        if not folder.is_dir():
+            raise FileNotFoundError(f"--data: benchmark folder {str(folder)!r} not found")
+    names = [_benchmark_name(folder) for folder in folders]
+    if len(set(names)) != len(names):
+        raise ValueError(f"--data: two benchmark folders share a name ({', '.join(names)})")
+    _check_memory_arguments(args)
+    device = resolve_device(args.device)
+    model = load_for_inference(args.model, args.checkpoint, args.scale, device, n_hashes=args.n_hashes)
+    results = []
+    for folder, name in zip(folders, names):
+        save_dir = None if not args.save else (Path(args.save) / name if len(folders) > 1 else Path(args.save))
+        rows, mean, seconds = _evaluate_folder(model, folder, args, device, save_dir)
+        results.append({"benchmark": name, "data": str(folder), "images": rows, "mean": mean,
+                        "seconds": seconds})
+    method = _method_label(args)
+    if args.table:
+        written = write_results_table(args.table, method, args.scale, args.degradation,
+                                      {r["benchmark"]: r["mean"] for r in results})
+        print(f"wrote {', '.join(str(p) for p in written)}", file=sys.stderr)
     if args.json:
-        print(json.dumps({"scale": args.scale, "model": args.model, "degradation": args.degradation,
-                          "data": str(args.data), "images": rows, "mean": mean}, indent=2))
+        common = {"scale": args.scale, "model": args.model, "method": method, "degradation": args.degradation,
+                  "n_hashes": args.n_hashes, "self_ensemble": args.self_ensemble}
+        if len(results) == 1:
+            print(json.dumps({**common, **results[0]}, indent=2))
+        else:
+            print(json.dumps({**common, "benchmarks": results}, indent=2))
         return 0
-    width = max(len("image"), max(len(r["image"]) for r in rows))
-    print(f"{'image':<{width}}  {'PSNR':>8}  {'SSIM':>7}")
-    for r in rows:
-        print(f"{r['image']:<{width}}  {r['psnr']:8.2f}  {r['ssim']:7.4f}")
-    print(f"{'mean':<{width}}  {mean['psnr']:8.2f}  {mean['ssim']:7.4f}")
+    if len(results) == 1:
+        rows, mean = results[0]["images"], results[0]["mean"]
+        width = max(len("image"), max(len(r["image"]) for r in rows))
+        print(f"{'image':<{width}}  {'PSNR':>8}  {'SSIM':>7}")
+        for r in rows:
+            print(f"{r['image']:<{width}}  {r['psnr']:8.2f}  {r['ssim']:7.4f}")
+        print(f"{'mean':<{width}}  {mean['psnr']:8.2f}  {mean['ssim']:7.4f}")
+        return 0
+    print(_markdown_table([_table_row(method, args.scale, args.degradation,
+                                      {r["benchmark"]: r["mean"] for r in results})], names))
     return 0
+
+
+_FIXED_COLUMNS = ("method", "scale", "degradation")
+
+
+def _table_row(method, scale, degradation, means):
+    row = {"method": method, "scale": f"x{scale}", "degradation": degradation.upper()}
+    for name, mean in means.items():
+        row[f"{name} PSNR"] = f"{mean['psnr']:.2f}"
+        row[f"{name} SSIM"] = f"{mean['ssim']:.4f}"
+    return row
+
+
+def _ordered_benchmarks(names):
+    known = [b for b in PAPER_BENCHMARKS if b in names]
+    return known + [n for n in names if n not in known]
+
+
+def _markdown_table(rows, benchmarks):
+    """The paper's layout: one row per method and scale, `PSNR/SSIM` per benchmark."""
+    header = ["Method", "Scale", "Degradation", *benchmarks]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * 3 + [":---:"] * len(benchmarks)) + "|"]
+    for row in rows:
+        cells = [row["method"], row["scale"], row["degradation"]]
+        for name in benchmarks:
+            psnr, ssim = row.get(f"{name} PSNR", ""), row.get(f"{name} SSIM", "")
+            cells.append(f"{psnr}/{ssim}" if psnr else "-")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_results_table(path, method, scale, degradation, means):
+    """Add (or replace) the row `method` x `scale` x `degradation` with `means` ({benchmark: {"psnr",
+    "ssim"}}) in the table at `path` (`.md` and `.csv`, suffixes added); other rows are kept.
+    Rows sort by degradation, scale, then method. Returns the two paths written."""
+    base = Path(path)
+    if base.suffix in (".md", ".csv"):
+        base = base.with_suffix("")
+    csv_path, md_path = base.with_suffix(".csv"), base.with_suffix(".md")
+    rows = []
+    if csv_path.is_file():
+        with open(csv_path, newline="") as handle:
+            reader = csv.DictReader(handle)
+            if not reader.fieldnames or not set(_FIXED_COLUMNS) <= set(reader.fieldnames):
+                raise ValueError(f"--table: {csv_path} exists but is not a dlsn results table")
+            rows = [dict(row) for row in reader]
+    new = _table_row(method, scale, degradation, means)
+    rows = [r for r in rows if tuple(r[c] for c in _FIXED_COLUMNS) != tuple(new[c] for c in _FIXED_COLUMNS)]
+    rows.append(new)
+    rows.sort(key=lambda r: (r["degradation"], int(r["scale"].lstrip("x")), r["method"]))
+    names = {key[: -len(" PSNR")] for r in rows for key in r if key.endswith(" PSNR") and r[key]}
+    benchmarks = _ordered_benchmarks(sorted(names))
+    fields = [*_FIXED_COLUMNS] + [f"{b} {m}" for b in benchmarks for m in ("PSNR", "SSIM")]
+    csv_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = csv_path.with_name(f".{csv_path.name}.tmp")
+    with open(tmp, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=fields, restval="")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: row.get(k, "") for k in fields})
+    tmp.replace(csv_path)
+    md_tmp = md_path.with_name(f".{md_path.name}.tmp")
+    md_tmp.write_text("PSNR (dB) / SSIM on the Y channel, borders of `scale` pixels shaved.\n\n"
+                      + _markdown_table(rows, benchmarks) + "\n")
+    md_tmp.replace(md_path)
+    return [md_path, csv_path]
 
 
 def add_upscale_arguments(parser):
@@ -230,7 +377,7 @@ def run_upscale(args) -> int:
     device = resolve_device(args.device)
     if args.half and device.type != "cuda":
         raise ValueError("--half needs a CUDA device (float16 convolutions are slow or missing on CPU)")
-    model = load_for_inference(args.model, args.checkpoint, args.scale, device)
+    model = load_for_inference(args.model, args.checkpoint, args.scale, device, n_hashes=args.n_hashes)
     if args.half:
         model = model.half()
     rgb_range = getattr(model, "rgb_range", 1.0)

@@ -12,6 +12,7 @@ BACKENDS = ("auto", "reference", "triton")
 FP32_PRECISIONS = (None, "ieee", "tf32", "tf32x3")
 # torch.get_float32_matmul_precision() -> the kernels' float32 dot mode.
 MATMUL_PRECISION_TO_FP32 = {"highest": "ieee", "high": "tf32x3", "medium": "tf32"}
+SIMILARITIES = ("both", "dot", "learned")
 
 
 def _triton_importable() -> bool:
@@ -52,10 +53,18 @@ class GLA(nn.Module):
         check_finite: raise a ValueError naming the layer when the input holds NaN or inf (off by
             default: the check costs a device sync). Without it non-finite input is not an error:
             see `forward`.
+        similarity: the attention score (the paper's Table 1 ablation). "both" (published): dot
+            product plus learnable term; "dot": dot product only (no `conv_assembly_fc`/`fc`
+            parameters); "learned": learnable term only (positions are still hashed by their
+            queries; the attention gets zero queries, so the dot term vanishes).
+
+    `n_hashes` is a plain attribute: setting it changes the rounds of later calls without touching
+    the weights; eval-mode rotations are drawn (and cached) per round count from `eval_seed`.
     """
 
     def __init__(self, channels, reduction=4, chunk_size=128, n_hashes=3, max_buckets=128,
-                 res_scale=1.0, backend="auto", eval_seed=0, fp32_precision=None, check_finite=False):
+                 res_scale=1.0, backend="auto", eval_seed=0, fp32_precision=None, check_finite=False,
+                 similarity="both"):
         super().__init__()
         for name, value in (("channels", channels), ("reduction", reduction), ("chunk_size", chunk_size),
                             ("n_hashes", n_hashes), ("max_buckets", max_buckets)):
@@ -67,6 +76,9 @@ class GLA(nn.Module):
             raise ValueError(f"GLA: backend must be one of {BACKENDS}, got {backend!r}")
         if fp32_precision not in FP32_PRECISIONS:
             raise ValueError(f"GLA: fp32_precision must be one of {FP32_PRECISIONS}, got {fp32_precision!r}")
+        if similarity not in SIMILARITIES:
+            raise ValueError(f"GLA: similarity must be one of {SIMILARITIES}, got {similarity!r}")
+        self.similarity = similarity
         self.channels = channels
         self.reduction = reduction
         self.chunk_size = chunk_size
@@ -82,17 +94,19 @@ class GLA(nn.Module):
         match_channels = channels // reduction
         self.conv_match = _conv_relu(channels, match_channels)
         self.conv_assembly = _conv_relu(channels, channels)
-        self.conv_assembly_fc = _conv_relu(channels, channels)
-        self.fc = nn.Sequential(
-            nn.Linear(channels, chunk_size), nn.ReLU(inplace=True), nn.Linear(chunk_size, chunk_size)
-        )
+        if similarity != "dot":
+            self.conv_assembly_fc = _conv_relu(channels, channels)
+            self.fc = nn.Sequential(
+                nn.Linear(channels, chunk_size), nn.ReLU(inplace=True), nn.Linear(chunk_size, chunk_size)
+            )
         self._eval_rotations = {}
 
     def extra_repr(self):
         return (f"channels={self.channels}, reduction={self.reduction}, chunk_size={self.chunk_size}, "
                 f"n_hashes={self.n_hashes}, max_buckets={self.max_buckets}, res_scale={self.res_scale}, "
                 f"backend={self.backend!r}, eval_seed={self.eval_seed}, fp32_precision={self.fp32_precision!r}, "
-                f"check_finite={self.check_finite}")
+                f"check_finite={self.check_finite}, "
+                f"similarity={self.similarity!r}")
 
     def n_buckets(self, length):
         return n_buckets(length, self.chunk_size, self.max_buckets)
@@ -103,7 +117,7 @@ class GLA(nn.Module):
         match_channels = self.channels // self.reduction
         if self.training:
             return sblsh_rotations(match_channels, buckets, self.n_hashes, device=device)
-        key = (buckets, str(device))
+        key = (buckets, str(device), self.n_hashes)
         if key not in self._eval_rotations:
             generator = torch.Generator().manual_seed(self.eval_seed)
             self._eval_rotations[key] = sblsh_rotations(
@@ -169,7 +183,10 @@ class GLA(nn.Module):
 
         q = rows(self.conv_match(x)).contiguous()
         v = rows(self.conv_assembly(x)).contiguous()
-        learned = self.fc(rows(self.conv_assembly_fc(x))).contiguous()
+        if self.similarity == "dot":
+            learned = v.new_zeros(v.shape[0], v.shape[1], self.chunk_size)
+        else:
+            learned = self.fc(rows(self.conv_assembly_fc(x))).contiguous()
         return q, v, learned
 
     def forward(self, x, rotations=None):
@@ -200,9 +217,26 @@ class GLA(nn.Module):
         if rotations is None:
             rotations = self.rotations_for(x.shape[2] * x.shape[3], x.device)
         q, v, learned = self.embed(x)
+        if self.similarity == "learned":
+            return self._learned_only(q, v, learned, rotations, x, backend)
         if backend == "triton":
             from .ops.fused import gla_attention
 
             return gla_attention(q, v, learned, rotations, self.chunk_size, x, self.res_scale,
                                  precision=self.kernel_precision())
         return reference.gla_core(q, v, learned, rotations, self.chunk_size, x, self.res_scale)
+
+    def _learned_only(self, q, v, learned, rotations, x, backend):
+        """similarity="learned": hash and sort by the real queries, attend with zero queries (keys
+        normalise to zero too), so every score is the learnable term alone. `q * 0` keeps
+        `conv_match` in the graph with a zero gradient (no unused parameters under DDP)."""
+        zero_queries = q * 0
+        if backend == "triton":
+            from .ops.fused import sorted_attention, triton_hash, triton_sort
+
+            codes = triton_hash(q.detach(), rotations)
+            perm, inv = triton_sort(codes, rotations.shape[2], self.chunk_size, check_range=False)
+            return sorted_attention(zero_queries, v, learned, perm, inv, x, self.chunk_size, self.res_scale,
+                                    precision=self.kernel_precision())
+        perm, inv = reference.sort_permutation(reference.hash_codes(q, rotations), self.chunk_size)
+        return reference.sorted_attention(zero_queries, v, learned, perm, inv, x, self.chunk_size, self.res_scale)

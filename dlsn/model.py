@@ -16,6 +16,12 @@ def default_conv(in_channels, out_channels, kernel_size):
     return nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2)
 
 
+def _positive_rounds(n_hashes):
+    if not isinstance(n_hashes, int) or isinstance(n_hashes, bool) or n_hashes < 1:
+        raise ValueError(f"the number of hash rounds must be a positive integer, got {n_hashes!r}")
+    return n_hashes
+
+
 class MeanShift(nn.Conv2d):
     """Fixed 1x1 convolution adding (`sign=1`) or removing (`sign=-1`) the dataset mean.
 
@@ -47,15 +53,19 @@ class LFFB(nn.Module):
 
 
 class GLAFFM(nn.Module):
-    """`n_resblocks` x LFFB -> GLA -> Conv3x3, output `body(x) * res_scale + x`."""
+    """`n_resblocks` x LFFB -> GLA -> Conv3x3, output `body(x) * res_scale + x`.
+
+    `local_fusion=False` drops the LFFBs (the paper's Table 1 ablation): GLA -> Conv3x3.
+    """
 
     def __init__(self, n_feats, n_resblocks=4, reduction=4, chunk_size=128, n_hashes=3, res_scale=0.1,
-                 backend="auto", eval_seed=0, fp32_precision=None, check_finite=False):
+                 backend="auto", eval_seed=0, fp32_precision=None, check_finite=False, similarity="both",
+                 local_fusion=True):
         super().__init__()
-        blocks = [LFFB(n_feats) for _ in range(n_resblocks)]
+        blocks = [LFFB(n_feats) for _ in range(n_resblocks if local_fusion else 0)]
         blocks.append(GLA(n_feats, reduction=reduction, chunk_size=chunk_size, n_hashes=n_hashes,
                           res_scale=1.0, backend=backend, eval_seed=eval_seed, fp32_precision=fp32_precision,
-                          check_finite=check_finite))
+                          check_finite=check_finite, similarity=similarity))
         blocks.append(default_conv(n_feats, n_feats, 3))
         self.body = nn.Sequential(*blocks)
         self.res_scale = res_scale
@@ -103,12 +113,19 @@ class DLSN(nn.Module):
     `fp32_precision` and `check_finite` go to every GLA (see `dlsn.GLA`).
     `load_state_dict` accepts published checkpoints wrapped as `unwrap_state_dict` describes.
     The parameter `a` is unused, as in the published model, and kept for key compatibility.
+
+    Ablation switches (defaults: the published network and state-dict keys): `similarity` of every
+    GLA ("both", "dot", "learned", see `GLA`); `local_fusion=False` removes the local fusion blocks
+    of every group; `n_hashes` hash rounds in training mode and `eval_n_hashes` (None: the same) in
+    eval mode, switched by `train()`/`eval()`; `set_n_hashes` changes them on a built model.
     """
 
     def __init__(self, scale=2, n_resgroups=10, n_resblocks=4, n_feats=256, reduction=4, chunk_size=128,
                  n_hashes=3, res_scale=0.1, rgb_range=1.0, n_colors=3, backend="auto", fp32_precision=None,
-                 check_finite=False):
+                 check_finite=False, similarity="both", local_fusion=True, eval_n_hashes=None):
         super().__init__()
+        self.train_n_hashes = _positive_rounds(n_hashes)
+        self.eval_n_hashes = self.train_n_hashes if eval_n_hashes is None else _positive_rounds(eval_n_hashes)
         if scale not in SUPPORTED_SCALES:
             raise ValueError(f"DLSN supports scales {SUPPORTED_SCALES}, got {scale!r}")
         if n_colors != len(DIV2K_RGB_MEAN):
@@ -123,7 +140,8 @@ class DLSN(nn.Module):
         self.head = nn.Sequential(default_conv(n_colors, n_feats, 3))
         groups = [
             GLAFFM(n_feats, n_resblocks, reduction, chunk_size, n_hashes, res_scale, backend, eval_seed=index,
-                   fp32_precision=fp32_precision, check_finite=check_finite)
+                   fp32_precision=fp32_precision, check_finite=check_finite, similarity=similarity,
+                   local_fusion=local_fusion)
             for index in range(n_resgroups)
         ]
         self.body = nn.Sequential(*groups, default_conv(n_feats, n_feats, 3))
@@ -162,6 +180,24 @@ class DLSN(nn.Module):
 
     def gla_layers(self):
         return [module for module in self.modules() if isinstance(module, GLA)]
+
+    def set_n_hashes(self, n_hashes, training=False):
+        """Use `n_hashes` hash rounds in eval mode (or in training mode with `training=True`).
+
+        The weights are untouched; eval-mode rotations stay reproducible per layer for each count.
+        Returns the model.
+        """
+        if training:
+            self.train_n_hashes = _positive_rounds(n_hashes)
+        else:
+            self.eval_n_hashes = _positive_rounds(n_hashes)
+        return self.train(self.training)
+
+    def train(self, mode=True):
+        super().train(mode)
+        for layer in self.gla_layers():
+            layer.n_hashes = self.train_n_hashes if mode else self.eval_n_hashes
+        return self
 
     def load_state_dict(self, state_dict, strict=True, assign=False):
         return super().load_state_dict(unwrap_state_dict(state_dict), strict=strict, assign=assign)

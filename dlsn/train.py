@@ -10,6 +10,15 @@ Reproducibility and resume. Every random draw is either keyed or checkpointed:
 * validation runs under `torch.random.fork_rng`, so it does not shift the training stream.
 Hence `--resume` continues bit-for-bit: N steps == N/2 steps + resume + N/2 steps (see tests).
 
+Validation (every `log.val_every` iterations on `data.val_dir`, the paper's ablation criterion):
+the weights with the best mean Y-PSNR so far are written atomically to `log.out_dir/best.pt` (a
+weights file `dlsn eval --checkpoint` reads, with `best: {iteration, psnr, benchmark}`), next to
+the latest checkpoints; the best record travels in the training checkpoints, so a resumed run
+keeps the same best. Speed: after the first iterations the measured time per iteration gives an
+estimate of the whole schedule's wall time, printed and written to `log.out_dir/train.log`; each
+`log.log_every` iterations a progress line with the ETA follows (printed when the progress bar is
+off, always logged).
+
 Multi-GPU: launch with `torchrun --nproc_per_node G -m dlsn train ...`. Each rank reads its share of
 the images (`DistributedSampler`), only rank 0 writes logs and checkpoints. The published model's
 parameter `a` is never used in `forward`; it is frozen (`requires_grad=False`, still saved) so DDP
@@ -21,7 +30,6 @@ from __future__ import annotations
 
 import copy
 import csv
-import math
 import os
 import random
 import signal
@@ -42,7 +50,7 @@ from .data import ImagePairs, PatchPairs, benchmark_pairs
 from .model import DLSN
 from .utils import resolve_device
 
-__all__ = ["PatchPairs", "ImagePairs", "SampleStream", "build_model", "train",
+__all__ = ["PatchPairs", "ImagePairs", "SampleStream", "build_model", "train", "format_duration",
            "benchmark_pairs", "validate", "TrainingInterrupted"]
 
 
@@ -88,7 +96,8 @@ def _training_pairs(cfg: Config):
         raise ValueError("data.train_dir is not set: give a DIV2K-layout folder, e.g. data.train_dir=/data/DIV2K")
     from .data import TrainPairs
 
-    return TrainPairs(cfg.data.train_dir, scale=cfg.model.scale, degradation=cfg.data.degradation, seed=cfg.train.seed)
+    return TrainPairs(cfg.data.train_dir, scale=cfg.model.scale, degradation=cfg.data.degradation,
+                      noise_level=cfg.data.noise_level, seed=cfg.train.seed)
 
 
 @torch.no_grad()
@@ -167,6 +176,32 @@ class _Logger:
             self.tb.close()
 
 
+def format_duration(seconds) -> str:
+    """`3 d 04:05:06`, `4:05:06` or `0:00:07`."""
+    seconds = int(round(max(0.0, seconds)))
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    text = f"{hours}:{rest // 60:02d}:{rest % 60:02d}"
+    return f"{days} d {hours:02d}:{rest // 60:02d}:{rest % 60:02d}" if days else text
+
+
+class _TextLog:
+    """Human-readable lines (estimates, progress, best validation) in `out_dir/train.log`, rank 0."""
+
+    def __init__(self, out_dir: Path, echo: bool, writer=print):
+        self.path, self.echo, self.writer = out_dir / "train.log", echo, writer
+
+    def __call__(self, line, echo=None):
+        with open(self.path, "a") as handle:
+            handle.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {line}\n")
+        if self.echo if echo is None else echo:
+            self.writer(line)
+
+
+# Iterations timed for the start-of-training estimate (after one warm-up iteration).
+ESTIMATE_ITERATIONS = 20
+
+
 def _gather(obj, world):
     if world == 1:
         return [obj]
@@ -216,6 +251,7 @@ def train(cfg: Config, resume=None, pairs=None, val_pairs=None, stop_at=None, st
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(t.amp)
 
     iteration, consumed = 0, 0
+    best = {"psnr": None, "iteration": None, "benchmark": cfg.data.val_dir}
     if resume is not None:
         path = _latest_checkpoint(out_dir) if resume == "auto" else Path(resume)
         state = ckpt.read_checkpoint(path)
@@ -231,6 +267,7 @@ def train(cfg: Config, resume=None, pairs=None, val_pairs=None, stop_at=None, st
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
         iteration, consumed = state["iteration"], state["consumed"]
+        best = state.get("best", best)
         rng = state["rng"]
         if len(rng) == world:
             ckpt.set_rng_state(rng[rank])
@@ -243,7 +280,10 @@ def train(cfg: Config, resume=None, pairs=None, val_pairs=None, stop_at=None, st
     start = iteration
     train_pairs = pairs if pairs is not None else _training_pairs(cfg)
     if val_pairs is None and cfg.data.val_dir and cfg.log.val_every:
-        val_pairs = benchmark_pairs(cfg.data.val_dir, cfg.model.scale, cfg.data.val_max_images)
+        if not Path(cfg.data.val_dir).is_dir():
+            raise FileNotFoundError(f"data.val_dir: benchmark folder {cfg.data.val_dir!r} not found")
+        val_pairs = benchmark_pairs(cfg.data.val_dir, cfg.model.scale, cfg.data.val_max_images,
+                                    cfg.data.degradation, cfg.data.noise_level, seed=cfg.train.seed)
     patches = PatchPairs(train_pairs, cfg.model.scale, cfg.data.patch_size, cfg.data.augment, cfg.model.rgb_range)
     stream = SampleStream(len(train_pairs), cfg.data.batch_size, seed=seed, rank=rank, world_size=world,
                           consumed=consumed)
@@ -268,11 +308,19 @@ def train(cfg: Config, resume=None, pairs=None, val_pairs=None, stop_at=None, st
         ckpt.save_training_checkpoint(
             path, model=model.state_dict(), ema=ema.state_dict() if ema is not None else None,
             optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), scaler=scaler.state_dict(),
-            iteration=at, consumed=stream_position(at), config=config_to_dict(cfg), rng=rngs, world_size=world)
+            iteration=at, consumed=stream_position(at), config=config_to_dict(cfg), rng=rngs, world_size=world,
+            best=dict(best))
         old = sorted((out_dir / "checkpoints").glob("iter_*.pt"))[:-cfg.log.keep_last] if cfg.log.keep_last else []
         for stale in old:
             stale.unlink()
         return path
+
+    def save_best(at, psnr):
+        best.update(psnr=psnr, iteration=at)
+        weights = (ema if ema is not None else model).state_dict()
+        ckpt.atomic_save({"params": {k: v.detach().cpu() for k, v in weights.items()},
+                          "config": {"model": config_to_dict(cfg)["model"]}, "best": dict(best)},
+                         out_dir / "best.pt")
 
     def stream_position(at):
         return consumed + (at - start) * cfg.data.batch_size
@@ -287,6 +335,8 @@ def train(cfg: Config, resume=None, pairs=None, val_pairs=None, stop_at=None, st
     if main and cfg.log.progress and not quiet:
         from tqdm import tqdm
         progress = tqdm(total=end, initial=start, desc="train", dynamic_ncols=True, unit="it")
+    text_log = _TextLog(out_dir, echo=not quiet, writer=progress.write if progress is not None else print) if main else None
+    timed_from = None  # (iteration, time) after the warm-up iteration
     started = time.time()
     net.train()
     batches = iter(loader)
@@ -323,11 +373,17 @@ def train(cfg: Config, resume=None, pairs=None, val_pairs=None, stop_at=None, st
             if val_now and main:
                 val_psnr = validate(ema if ema is not None else model, val_pairs, cfg.model.scale,
                                     cfg.model.rgb_range, device)
-                if progress is not None:
-                    progress.write(f"iteration {iteration}: validation PSNR {val_psnr:.3f} dB")
+                improved = best["psnr"] is None or val_psnr > best["psnr"]
+                if improved:
+                    save_best(iteration, val_psnr)
+                text_log(f"iteration {iteration}: validation PSNR {val_psnr:.3f} dB "
+                         f"(best {best['psnr']:.3f} dB at iteration {best['iteration']})")
             if main and (val_now or (cfg.log.log_every and iteration % cfg.log.log_every == 0)):
                 logger.log(iteration=iteration, loss=loss_value, lr=scheduler.get_last_lr()[0],
                            val_psnr=val_psnr if val_now else "", seconds=round(time.time() - started, 3))
+            if main:
+                timed_from = _report_speed(text_log, cfg, iteration, start, end, timed_from, loss_value,
+                                           scheduler.get_last_lr()[0], started, show=progress is None and not quiet)
             if cfg.log.save_every and iteration % cfg.log.save_every == 0 and iteration < end:
                 save(iteration)
             if step_callback is not None:
@@ -353,4 +409,26 @@ def train(cfg: Config, resume=None, pairs=None, val_pairs=None, stop_at=None, st
         if logger is not None:
             logger.close()
     return {"iteration": iteration, "loss": loss_value, "val_psnr": val_psnr, "out_dir": out_dir,
-            "model": ema if ema is not None else model}
+            "model": ema if ema is not None else model, "best": best}
+
+
+def _report_speed(text_log, cfg, iteration, start, end, timed_from, loss, lr, started, show):
+    """Start-of-training estimate once `ESTIMATE_ITERATIONS` iterations are timed, then a progress
+    line with the ETA every `log.log_every` iterations. Returns the timing anchor."""
+    now = time.time()
+    total = cfg.train.iterations
+    if timed_from is None:  # the first iteration of this run is warm-up (allocations, autotuning)
+        return (iteration, now)
+    anchor_iteration, anchor_time = timed_from
+    done = iteration - anchor_iteration
+    per_iteration = (now - anchor_time) / done
+    if done == min(ESTIMATE_ITERATIONS, end - start - 1):
+        text_log(f"speed: {per_iteration:.3f} s/iteration over iterations {anchor_iteration + 1}-{iteration}; "
+                 f"estimated wall time of the whole schedule ({total} iterations): "
+                 f"{format_duration(per_iteration * total)}; remaining {end - iteration} iterations of this run: "
+                 f"{format_duration(per_iteration * (end - iteration))} (validation and checkpoints not included)")
+    if cfg.log.log_every and iteration % cfg.log.log_every == 0:
+        line = (f"iteration {iteration}/{total} loss {loss:.4f} lr {lr:.2e} {per_iteration:.3f} s/it "
+                f"elapsed {format_duration(now - started)} ETA {format_duration(per_iteration * (end - iteration))}")
+        text_log(line, echo=show)
+    return timed_from
