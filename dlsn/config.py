@@ -28,7 +28,13 @@ class ConfigError(ValueError):
 
 @dataclass
 class ModelConfig:
-    """`dlsn.DLSN` constructor arguments (defaults: the published model)."""
+    """`dlsn.DLSN` constructor arguments (defaults: the published model).
+
+    `arch`: "dlsn", or "edsr" / "rcan" / "fsrcnn" with GLA layers at `gla_positions` (empty: the plain
+    network); `dlsn.archs.ARCH_FIELDS` lists the fields each architecture reads.
+    """
+    arch: str = "dlsn"
+    gla_positions: List[int] = field(default_factory=list)
     scale: int = 2
     n_resgroups: int = 10
     n_resblocks: int = 4
