@@ -39,7 +39,6 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from . import checkpoint as ckpt
 from .config import Config, config_to_dict
 from .degradations import bicubic_down, crop_to_scale
-from .model import DLSN
 
 __all__ = ["PatchPairs", "ImagePairs", "SampleStream", "build_model", "train",
            "benchmark_pairs", "validate", "TrainingInterrupted"]
@@ -147,8 +146,10 @@ class SampleStream(torch.utils.data.Sampler):
             epoch, offset = epoch + 1, 0
 
 
-def build_model(cfg: Config) -> DLSN:
-    return DLSN(**vars(cfg.model))
+def build_model(cfg: Config) -> torch.nn.Module:
+    from .archs import build_model as build_arch
+
+    return build_arch(cfg.model)
 
 
 def benchmark_pairs(folder, scale: int, max_images: int = 0):
@@ -281,7 +282,8 @@ def train(cfg: Config, resume=None, pairs=None, val_pairs=None, stop_at=None, st
     random.seed(seed)
     model = build_model(cfg)
     # Unused in forward (published model); frozen so DDP needs no find_unused_parameters.
-    model.a.requires_grad_(False)
+    if hasattr(model, "a"):
+        model.a.requires_grad_(False)
     if t.pretrained and resume is None:
         ckpt.load_pretrained(model, t.pretrained, exclude=t.pretrained_exclude)
     model.to(device)
