@@ -12,8 +12,9 @@ with `out` the layer's attention output (before the residual). The weights are c
 reference stages (`dlsn.reference`: hashing, stable sort, windows) for the selected queries only:
 memory is `O(Q * h * 3l * c)` for `Q` queries, plus the layer's `[N, L, *]` embeddings.
 
-`learned_term=False` removes the learnable similarity: the scores are the dot products alone, with
-the same buckets (hashing uses the queries only, so the windows do not change).
+`learned_term=True` scores as the layer does (its `similarity`: dot product plus learnable term, or
+either alone); `learned_term=False` removes the learnable similarity: the scores are the dot products
+alone, with the same buckets (hashing uses the queries only, so the windows do not change).
 
 `dlsn attention` (`run_attention`) draws them: the LR image with each query marked, its top-k
 attended positions and a heat map, with and without the learnable term, side by side.
@@ -58,7 +59,8 @@ def attention_weights(layer: GLA, x: torch.Tensor, queries, rotations=None, lear
     layer: a `dlsn.GLA`. Without `rotations` it uses its own (`layer.rotations_for`), which are
         fixed per layer in eval mode only: in train mode pass the rotations the forward used.
     x: the layer's input `[N, C, H, W]`; queries: flat positions `y * W + x` (int sequence or tensor).
-    learned_term: False scores with the dot product alone (the learnable term removed), same buckets.
+    learned_term: True scores as the layer's forward does; False with the dot product alone (the
+        learnable term removed), same buckets.
     Returns weights in the embeddings' dtype; each row sums to 1.
     """
     if not isinstance(layer, GLA):
@@ -90,6 +92,8 @@ def attention_weights(layer: GLA, x: torch.Tensor, queries, rotations=None, lear
         return rows.gather(1, flat).reshape(*positions.shape, rows.shape[-1])
 
     scores = torch.einsum("nqc,nhqjc->nhqj", q[:, queries], rows_at(keys, key_pos))
+    if learned_term and getattr(layer, "similarity", "both") == "learned":
+        scores = torch.zeros_like(scores)  # that layer attends with the learnable term alone
     if learned_term:
         # F of the KEY, at the query's offset i within its chunk.
         offset = (slot % chunk).unsqueeze(-1).expand(-1, -1, -1, width)

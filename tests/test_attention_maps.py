@@ -158,3 +158,17 @@ def test_cli_bad_input_is_one_line(checkpoint_and_image, tmp_path, capsys, extra
     rc = main(["attention", "--checkpoint", str(checkpoint), str(image), *extra, "-o", str(tmp_path / "x.png")])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and message in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("similarity", ["dot", "learned"])
+def test_ablated_layers_score_as_their_forward(similarity):
+    import inspect
+
+    if "similarity" not in inspect.signature(GLA).parameters:
+        pytest.skip("this GLA has no similarity option")
+    torch.manual_seed(0)
+    layer = GLA(8, reduction=2, chunk_size=16, n_hashes=2, backend="reference", similarity=similarity).double().eval()
+    x = torch.randn(1, 8, 5, 9, dtype=torch.float64)
+    weights = attention_weights(layer, x, torch.arange(45))
+    _, v, _ = layer.embed(x)
+    torch.testing.assert_close(weights @ v, (layer(x) - x).flatten(2).transpose(1, 2), rtol=1e-10, atol=1e-12)
