@@ -53,6 +53,7 @@ class _GLAInserts(nn.Module):
             raise ValueError(f"{type(self).__name__}: gla_positions must be distinct integers in 0..{n_positions}, "
                              f"got {positions}")
         self.gla_positions = sorted(positions)
+        self._rounds = {True: n_hashes, False: n_hashes}  # hash rounds in train / eval mode
         self.gla = nn.ModuleDict({
             str(p): GLA(channels_at(p), reduction=reduction, chunk_size=chunk_size, n_hashes=n_hashes,
                         res_scale=1.0, backend=backend, eval_seed=seed)
@@ -71,6 +72,20 @@ class _GLAInserts(nn.Module):
 
     def gla_layers(self):
         return [self.gla[str(p)] for p in self.gla_positions]
+
+    def set_n_hashes(self, n_hashes, training=False):
+        """Use `n_hashes` hash rounds in eval mode (or in training mode with `training=True`) in every
+        GLA layer, as `DLSN.set_n_hashes`; the weights are untouched. Returns the model."""
+        if not isinstance(n_hashes, int) or isinstance(n_hashes, bool) or n_hashes < 1:
+            raise ValueError(f"the number of hash rounds must be a positive integer, got {n_hashes!r}")
+        self._rounds[bool(training)] = n_hashes
+        return self.train(self.training)
+
+    def train(self, mode=True):
+        super().train(mode)
+        for layer in self.gla_layers():
+            layer.n_hashes = self._rounds[bool(mode)]
+        return self
 
     def _check_input(self, x):
         if not isinstance(x, torch.Tensor):

@@ -252,3 +252,21 @@ def test_saved_initialised_gla_model_round_trips(tmp_path):
     # The same weights without their config: the architecture is read off the keys.
     torch.save(model.state_dict(), tmp_path / "raw.pt")
     assert load_model(tmp_path / "raw.pt", n_hashes=2).gla_positions == [0, 2]
+
+
+def test_set_n_hashes_changes_the_rounds_not_the_weights():
+    torch.manual_seed(0)
+    model = edsr(gla_positions=[1, 3], **GLA_ARGS)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    model.set_n_hashes(5).eval()
+    assert [layer.n_hashes for layer in model.gla_layers()] == [5, 5]
+    model.train()
+    assert [layer.n_hashes for layer in model.gla_layers()] == [2, 2]
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+    reference = edsr(gla_positions=[1, 3], **{**GLA_ARGS, "n_hashes": 5})
+    reference.load_state_dict(state)
+    x = torch.rand(1, 3, 9, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(model.eval()(x), reference.eval()(x), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="positive integer"):
+        model.set_n_hashes(0)
