@@ -10,7 +10,7 @@ several rounds; its weights add. Hence, for every query `p`,
 
 with `out` the layer's attention output (before the residual). The weights are computed from the
 reference stages (`dlsn.reference`: hashing, stable sort, windows) for the selected queries only:
-memory is `O(Q * h * 3l * c)` for `Q` queries, plus the layer's `[N, L, *]` embeddings.
+memory is `O(Q * h * 3l * c)` for `Q` queries, plus the layer's own `[N, L, *]` embeddings.
 
 `learned_term=True` scores as the layer does (its `similarity`: dot product plus learnable term, or
 either alone); `learned_term=False` removes the learnable similarity: the scores are the dot products
@@ -87,17 +87,17 @@ def attention_weights(layer: GLA, x: torch.Tensor, queries, rotations=None, lear
     h, q_count, width = window_slots.shape[1], window_slots.shape[2], window_slots.shape[3]
     key_pos = perm.gather(2, window_slots.reshape(n, h, -1)).reshape(n, h, q_count, width)  # [N, h, Q, 3l]
 
-    def rows_at(rows, positions):
-        flat = positions.reshape(n, -1, 1).expand(-1, -1, rows.shape[-1])
-        return rows.gather(1, flat).reshape(*positions.shape, rows.shape[-1])
-
-    scores = torch.einsum("nqc,nhqjc->nhqj", q[:, queries], rows_at(keys, key_pos))
-    if learned_term and getattr(layer, "similarity", "both") == "learned":
-        scores = torch.zeros_like(scores)  # that layer attends with the learnable term alone
-    if learned_term:
-        # F of the KEY, at the query's offset i within its chunk.
-        offset = (slot % chunk).unsqueeze(-1).expand(-1, -1, -1, width)
-        scores = scores + rows_at(learned, key_pos).gather(-1, offset.unsqueeze(-1)).squeeze(-1)
+    dot = torch.einsum("nqc,nhqjc->nhqj", q[:, queries],
+                       keys.gather(1, key_pos.reshape(n, -1, 1).expand(-1, -1, keys.shape[-1]))
+                       .reshape(n, h, q_count, width, -1))
+    if not learned_term:
+        scores = dot
+    else:
+        # F of the KEY at the query's offset i within its chunk, read straight from the [N, L, l] rows.
+        offset = (slot % chunk).unsqueeze(-1)
+        term = learned.reshape(n, -1).gather(1, (key_pos * chunk + offset).reshape(n, -1)).reshape(dot.shape)
+        # A layer with similarity="learned" attends with the learnable term alone.
+        scores = term if getattr(layer, "similarity", "both") == "learned" else dot + term
     round_lse = torch.logsumexp(scores, dim=-1)                 # [N, h, Q]
     merged = torch.softmax(scores, dim=-1) * torch.softmax(round_lse, dim=1).unsqueeze(-1)
     weights = torch.zeros(n, q_count, length, dtype=merged.dtype, device=x.device)
