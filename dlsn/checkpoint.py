@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .archs import detect_arch, load_arch_model
 from .model import DLSN, DIV2K_RGB_MEAN, unwrap_state_dict
 from .utils import atomic_write
 
@@ -169,12 +170,18 @@ def load_state_dict_strict(model, state_dict, exclude=()):
 def load_model(path, scale=None, map_location="cpu", prefer_ema=True, **overrides) -> DLSN:
     """A `DLSN` with the weights of the checkpoint at `path` (published format, ours, or safetensors).
 
+    EDSR/RCAN/FSRCNN checkpoints (ours, whose config names the `arch`, or plain published ones, told
+    apart by their keys) go to `dlsn.archs.load_arch_model` and return that network.
+
     The architecture is inferred from the weights; `scale` and `overrides` (any `DLSN` argument) are
     checked against it where the weights determine them, so a wrong scale, chunk size or width is a
     `CheckpointError` naming the keys and shapes that disagree. The model is returned in eval mode.
     """
     obj = read_checkpoint(path, map_location=map_location)
     state_dict = _model_state(obj, prefer_ema=prefer_ema)
+    stored = obj["config"].get("model", {}) if isinstance(obj, dict) and isinstance(obj.get("config"), dict) else {}
+    if (stored.get("arch") or detect_arch(state_dict) or "dlsn") != "dlsn":
+        return load_arch_model(path, state_dict, stored, scale=scale, **overrides)
     arch = infer_architecture(state_dict)
     if isinstance(obj, dict) and isinstance(obj.get("config"), dict):
         trained = obj["config"].get("model", {})

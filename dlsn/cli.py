@@ -1,6 +1,6 @@
 """The `dlsn` command line (`dlsn ...` or `python -m dlsn ...`).
 
-Subcommands: `train`, `eval`, `upscale`, `demo`, `export`. `eval` and `upscale` live in
+Subcommands: `train`, `eval`, `upscale`, `demo`, `export`, `attention`. `eval` and `upscale` live in
 `dlsn.evaluate` and are imported only when used. Errors in the input (missing files, config typos,
 checkpoints that do not fit) and every file-system error (naming the path and the reason) print
 one `dlsn <command>: error: ...` line and exit with status 2;
@@ -55,6 +55,18 @@ def _run_export(args):
     return 0
 
 
+def _add_attention_arguments(parser):
+    from .attention_maps import add_attention_arguments
+
+    add_attention_arguments(parser)
+
+
+def _run_attention(args):
+    from .attention_maps import run_attention
+
+    return run_attention(args)
+
+
 def _run_demo(args):
     from .demo import run_demo
 
@@ -71,6 +83,8 @@ _COMMANDS = {
     "train": (_add_train_arguments, _run_train, "train DLSN from a YAML config (published protocol or your own)"),
     "demo": (_add_demo_arguments, _run_demo, "train a small DLSN on a CPU in minutes and compare with bicubic"),
     "export": (_add_export_arguments, _run_export, "write a checkpoint's weights as .safetensors"),
+    "attention": (_add_attention_arguments, _run_attention,
+                  "draw where a GLA layer looks for chosen pixels, with and without the learnable term"),
 }
 
 
@@ -80,7 +94,7 @@ def build_parser():
     parser = argparse.ArgumentParser(prog="dlsn", description="DLSN / Global Learnable Attention super-resolution")
     parser.add_argument("--version", action="version", version=f"dlsn {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in ("train", "eval", "upscale", "demo", "export"):
+    for name in ("train", "eval", "upscale", "demo", "export", "attention"):
         if name in _LAZY:
             # Listed for --help only; `main` hands these to a parser built on use (`dlsn.evaluate`).
             sub.add_parser(name, help=_LAZY[name][2], add_help=False)

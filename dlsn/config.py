@@ -30,11 +30,16 @@ class ConfigError(ValueError):
 class ModelConfig:
     """`dlsn.DLSN` constructor arguments (defaults: the published model).
 
+    `arch`: "dlsn", or "edsr" / "rcan" / "fsrcnn" with GLA layers at `gla_positions` (empty: the plain
+    network); `dlsn.archs.ARCH_FIELDS` lists the fields each architecture reads.
+
     Ablation switches (the paper's Table 1, Table 2 and Fig. 6): `similarity` "both" (published),
     "dot" (dot product only, no learnable term) or "learned" (learnable term only); `local_fusion`
     false drops the local fusion blocks of every group; `n_hashes` hash rounds in training and
     `eval_n_hashes` at test time (null: the same); `chunk_size` the bucket/chunk size.
     """
+    arch: str = "dlsn"
+    gla_positions: List[int] = field(default_factory=list)
     scale: int = 2
     n_resgroups: int = 10
     n_resblocks: int = 4

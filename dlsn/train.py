@@ -47,7 +47,6 @@ from torch.utils.data import DataLoader, DistributedSampler
 from . import checkpoint as ckpt
 from .config import Config, config_to_dict
 from .data import ImagePairs, PatchPairs, benchmark_pairs
-from .model import DLSN
 from .utils import resolve_device
 
 __all__ = ["PatchPairs", "ImagePairs", "SampleStream", "build_model", "train", "format_duration",
@@ -87,8 +86,10 @@ class SampleStream(torch.utils.data.Sampler):
             epoch, offset = epoch + 1, 0
 
 
-def build_model(cfg: Config) -> DLSN:
-    return DLSN(**vars(cfg.model))
+def build_model(cfg: Config) -> torch.nn.Module:
+    from .archs import build_model as build_arch
+
+    return build_arch(cfg.model)
 
 
 def _training_pairs(cfg: Config):
@@ -234,7 +235,8 @@ def train(cfg: Config, resume=None, pairs=None, val_pairs=None, stop_at=None, st
     random.seed(seed)
     model = build_model(cfg)
     # Unused in forward (published model); frozen so DDP needs no find_unused_parameters.
-    model.a.requires_grad_(False)
+    if hasattr(model, "a"):
+        model.a.requires_grad_(False)
     if t.pretrained and resume is None:
         ckpt.load_pretrained(model, t.pretrained, exclude=t.pretrained_exclude)
     model.to(device)
