@@ -372,7 +372,3 @@ def _fmt(value):
     if isinstance(value, float):
         return f"{value:.4g}"
     return str(value)
-
-
-def log(message):
-    print(message, file=sys.stderr, flush=True)
