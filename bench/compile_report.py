@@ -68,7 +68,7 @@ TENSOR_CORE_DTYPES = ("fp32-tf32", "fp32-tf32x3", "bf16", "fp16")
 
 @dataclasses.dataclass(frozen=True)
 class Shape:
-    """A GLA problem in the contract's notation; `b` buckets per round (the package's rule
+    """A GLA problem in docs/internals.md's notation; `b` buckets per round (the package's rule
     b = max(1, min(L//l + (L//l) % 2, 128)); tests/test_compile_report.py checks it)."""
 
     N: int

@@ -6,7 +6,7 @@
 #   pytest.xml           junit report of the native kernel tests
 #   results.tar.gz       bench/results/<run-id>/ (CSV + markdown per script, summary.md, scaling PNG)
 #   summary.md           copy of the run's summary (targets, ratios, rows not measured)
-# Wall time stays under ~9.5 minutes (step limits 110 + 100 + 170 + 40 + 60 + 70 + 30 s); a step that
+# Wall time stays under ~9.5 minutes (step limits 110 + 100 + 20 + 150 + 40 + 60 + 70 + 30 s); a step that
 # times out or fails does not stop the following ones, and the benchmarks write their CSVs row by row. Pass the commit as DLSN_GIT_SHA (the device copy has no .git):
 #   DLSN_GIT_SHA=<sha> bash bench/gpu_run.sh
 # Dry run of the script's logic on a CPU machine (no build, tiny shapes, interpreter):
@@ -45,7 +45,7 @@ $PY -c "import dlsn, dlsn._extension as e; print('extension built:', e.extension
 TESTS=""
 for t in tests/test_hash.py tests/test_bucket_sort.py tests/test_window_attention.py \
          tests/test_window_attention_bwd.py tests/test_gla_triton.py tests/test_gla_triton_grad.py \
-         tests/test_scatter_back.py; do
+         tests/test_scatter_back.py tests/test_fuzz.py; do
     [ -f "$t" ] && TESTS="$TESTS $t"
 done
 PER_TEST=""
@@ -53,7 +53,9 @@ $PY -c "import pytest_timeout" 2>/dev/null && PER_TEST="--timeout=60"
 step tests 100 $PY -m pytest -q -p no:cacheprovider $PER_TEST --junitxml="$OUT/pytest.xml" $TESTS
 
 # Benchmarks at full shapes, one run id, each script under its own timeout.
-for spec in gla:170 stages:40 scaling:60 dlsn:70; do
+# Error of each float32 precision mode against float64, measured on the kernels (the CPU can only emulate it).
+step precision 20 sh -c "$PY bench/precision_modes.py --device cuda | tee $RESULTS/precision_modes.md"
+for spec in gla:150 stages:40 scaling:60 dlsn:70; do
     name=${spec%%:*}
     step "bench_$name" "${spec##*:}" $PY bench/run_all.py --only "$name" --run-id "$RUN_ID" --out "$RESULTS" ${BENCH_ARGS:-}
 done

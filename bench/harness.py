@@ -192,7 +192,7 @@ def layer_call(provider, layer, x, rotations, backward, autocast, core):
     return call
 
 
-# ---- FLOP and byte counts (contract notation: N, L, c, C, l, h, b) --------------------------------
+# ---- FLOP and byte counts (docs/internals.md notation: N, L, c, C, l, h, b) --------------------------------
 
 def gla_shape(batch, height, width, channels=256, reduction=4, chunk=128, hashes=3, max_buckets=128):
     length = height * width

@@ -46,7 +46,7 @@ ARCHS = ("dlsn", "edsr", "rcan", "fsrcnn")
 class _GLAInserts(nn.Module):
     """Mixin: `self.gla` = GLA layers keyed by the backbone stage they run before."""
 
-    def _make_gla(self, positions, n_positions, channels_at, reduction, chunk_size, n_hashes, backend):
+    def _make_gla(self, positions, n_positions, channels_at, reduction, chunk_size, n_hashes, gla_options):
         positions = list(positions or ())
         bad = [p for p in positions if not isinstance(p, int) or isinstance(p, bool) or not 0 <= p <= n_positions]
         if bad or len(set(positions)) != len(positions):
@@ -56,7 +56,7 @@ class _GLAInserts(nn.Module):
         self._rounds = {True: n_hashes, False: n_hashes}  # hash rounds in train / eval mode
         self.gla = nn.ModuleDict({
             str(p): GLA(channels_at(p), reduction=reduction, chunk_size=chunk_size, n_hashes=n_hashes,
-                        res_scale=1.0, backend=backend, eval_seed=seed)
+                        res_scale=1.0, eval_seed=seed, **gla_options)
             for seed, p in enumerate(self.gla_positions)
         })
 
@@ -121,7 +121,7 @@ class EDSR(_GLAInserts):
     """
 
     def __init__(self, scale=2, n_resblocks=16, n_feats=64, res_scale=1.0, rgb_range=1.0, n_colors=3,
-                 gla_positions=(), reduction=4, chunk_size=128, n_hashes=3, backend="auto"):
+                 gla_positions=(), reduction=4, chunk_size=128, n_hashes=3, **gla_options):
         super().__init__()
         _check_scale("EDSR", scale)
         self.scale, self.rgb_range, self.n_colors = scale, rgb_range, n_colors
@@ -131,7 +131,7 @@ class EDSR(_GLAInserts):
                                   default_conv(n_feats, n_feats, 3))
         self.tail = nn.Sequential(Upsampler(scale, n_feats), default_conv(n_feats, n_colors, 3))
         self.add_mean = MeanShift(rgb_range, sign=1)
-        self._make_gla(gla_positions, n_resblocks, lambda p: n_feats, reduction, chunk_size, n_hashes, backend)
+        self._make_gla(gla_positions, n_resblocks, lambda p: n_feats, reduction, chunk_size, n_hashes, gla_options)
 
     def forward(self, x):
         self._check_input(x)
@@ -186,7 +186,7 @@ class RCAN(_GLAInserts):
     """
 
     def __init__(self, scale=2, n_resgroups=10, n_resblocks=20, n_feats=64, ca_reduction=16, rgb_range=1.0,
-                 n_colors=3, gla_positions=(), reduction=4, chunk_size=128, n_hashes=3, backend="auto"):
+                 n_colors=3, gla_positions=(), reduction=4, chunk_size=128, n_hashes=3, **gla_options):
         super().__init__()
         _check_scale("RCAN", scale)
         if n_feats % ca_reduction:
@@ -198,7 +198,7 @@ class RCAN(_GLAInserts):
                                   default_conv(n_feats, n_feats, 3))
         self.tail = nn.Sequential(Upsampler(scale, n_feats), default_conv(n_feats, n_colors, 3))
         self.add_mean = MeanShift(rgb_range, sign=1)
-        self._make_gla(gla_positions, n_resgroups, lambda p: n_feats, reduction, chunk_size, n_hashes, backend)
+        self._make_gla(gla_positions, n_resgroups, lambda p: n_feats, reduction, chunk_size, n_hashes, gla_options)
 
     def forward(self, x):
         self._check_input(x)
@@ -216,7 +216,7 @@ class FSRCNN(_GLAInserts):
     """
 
     def __init__(self, scale=2, d=56, s=12, m=4, rgb_range=1.0, n_colors=3, gla_positions=(), reduction=4,
-                 chunk_size=128, n_hashes=3, backend="auto"):
+                 chunk_size=128, n_hashes=3, **gla_options):
         super().__init__()
         _check_scale("FSRCNN", scale)
         self.scale, self.rgb_range, self.n_colors = scale, rgb_range, n_colors
@@ -229,7 +229,7 @@ class FSRCNN(_GLAInserts):
         self.last_part = nn.ConvTranspose2d(d, n_colors, 9, stride=scale, padding=4, output_padding=scale - 1)
         self._reset_parameters()
         self._make_gla(gla_positions, m + 2, lambda p: d if p in (0, m + 2) else s, reduction, chunk_size,
-                       n_hashes, backend)
+                       n_hashes, gla_options)
 
     def _reset_parameters(self):
         # FSRCNN's initialisation (He-normal convs, a small deconvolution): PyTorch's default for the
@@ -249,17 +249,19 @@ class FSRCNN(_GLAInserts):
 
 
 # Config fields (`dlsn.config.ModelConfig`) each architecture reads, as constructor arguments.
+# GLA keywords every architecture passes to its GLA layers unchanged.
+_GLA_OPTIONS = {name: name for name in ("backend", "fp32_precision", "check_finite", "similarity")}
 ARCH_FIELDS = {
     "edsr": {"scale": "scale", "n_resblocks": "n_resblocks", "n_feats": "n_feats", "res_scale": "res_scale",
              "rgb_range": "rgb_range", "gla_positions": "gla_positions", "reduction": "reduction",
-             "chunk_size": "chunk_size", "n_hashes": "n_hashes", "backend": "backend"},
+             "chunk_size": "chunk_size", "n_hashes": "n_hashes", **_GLA_OPTIONS},
     "rcan": {"scale": "scale", "n_resgroups": "n_resgroups", "n_resblocks": "n_resblocks", "n_feats": "n_feats",
              "rgb_range": "rgb_range", "gla_positions": "gla_positions", "reduction": "reduction",
-             "chunk_size": "chunk_size", "n_hashes": "n_hashes", "backend": "backend"},
+             "chunk_size": "chunk_size", "n_hashes": "n_hashes", **_GLA_OPTIONS},
     # FSRCNN: n_feats is d, n_resblocks is m (mapping layers); s is the published 12.
     "fsrcnn": {"scale": "scale", "n_feats": "d", "n_resblocks": "m", "rgb_range": "rgb_range",
                "gla_positions": "gla_positions", "reduction": "reduction", "chunk_size": "chunk_size",
-               "n_hashes": "n_hashes", "backend": "backend"},
+               "n_hashes": "n_hashes", **_GLA_OPTIONS},
 }
 _CLASSES = {"edsr": EDSR, "rcan": RCAN, "fsrcnn": FSRCNN}
 _NOT_DLSN = ("arch", "gla_positions")
@@ -275,6 +277,16 @@ def build_model(model_config):
         if fields.get("gla_positions"):
             raise ValueError("model.gla_positions is for arch edsr/rcan/fsrcnn; DLSN has a GLA in every group")
         return DLSN(**{k: v for k, v in fields.items() if k not in _NOT_DLSN})
+    from .config import ModelConfig
+
+    # A field this architecture does not read must keep its default: a setting that silently does
+    # nothing (local_fusion=false on EDSR, say) would be a wrong experiment.
+    defaults = dataclasses.asdict(ModelConfig())
+    ignored = sorted(name for name, value in fields.items()
+                     if name not in ARCH_FIELDS[arch] and name != "arch" and value != defaults.get(name, value))
+    if ignored:
+        raise ValueError(f"model.arch {arch!r} does not use model.{', model.'.join(ignored)}; "
+                         f"it reads {', '.join(sorted(ARCH_FIELDS[arch]))}")
     kwargs = {argument: fields[name] for name, argument in ARCH_FIELDS[arch].items() if name in fields}
     return _CLASSES[arch](**kwargs)
 

@@ -261,7 +261,7 @@ def apply_overrides(cfg: Config, overrides) -> Config:
 def load_config(path, overrides=()) -> Config:
     """Read a YAML config (a file path, or the name of a packaged config such as `dlsn_x2`)."""
     path = Path(path)
-    if not path.exists() and packaged_config(str(path)).exists():
+    if not path.is_file() and packaged_config(str(path)).exists():
         path = packaged_config(str(path))
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} not found (packaged configs: {', '.join(_packaged_names())})")

@@ -1,4 +1,4 @@
-"""PSNR and SSIM as the SISR literature reports them (contract §7).
+"""PSNR and SSIM as the SISR literature reports them (docs/gla.md §7).
 
 Conventions, following the MATLAB scripts that produced the published tables (SRCNN's and RCAN's
 ``Evaluate_PSNR_SSIM.m``, which call ``rgb2ycbcr``, ``csnr`` and Wang et al.'s ``ssim_index``):
@@ -8,7 +8,7 @@ Conventions, following the MATLAB scripts that produced the published tables (SR
   (EDSR's ``quantize``). Scores of unquantised outputs are slightly higher and not comparable.
 * The **Y channel** of ITU-R BT.601 YCbCr, ``Y = 16 + 65.481 R + 128.553 G + 24.966 B`` for RGB
   in [0, 1] (equivalently ``16 + (65.481 R + 128.553 G + 24.966 B) / 255`` for RGB on the 0-255
-  scale, the form contract §7 quotes), kept as a float on the 0-255 scale (MATLAB's ``rgb2ycbcr``
+  scale, the form docs/gla.md §7 quotes), kept as a float on the 0-255 scale (MATLAB's ``rgb2ycbcr``
   on doubles, times 255; not rounded). ``y_channel=False`` scores all three RGB channels instead.
 * **Borders** of ``scale`` pixels are shaved on every side before scoring.
 * PSNR ``= 10 log10(255^2 / MSE)`` over the shaved Y image, in float64.

@@ -1,4 +1,4 @@
-"""The DLSN super-resolution network (contract section 6), state-dict compatible with the
+"""The DLSN super-resolution network (docs/gla.md §6), state-dict compatible with the
 published checkpoints."""
 import math
 

@@ -61,10 +61,12 @@ def _windows(chunks):
     return torch.cat([chunks, chunks.roll(-1, dims=2), chunks.roll(1, dims=2)], dim=3)
 
 
-def window_attention(q, v, learned, perm, chunk_size):
+def window_attention(q, v, learned, perm, chunk_size, matmul=torch.matmul):
     """Per-round attention over each chunk's 3-chunk key window (docs/gla.md §4).
 
     Returns `O` [N, h, L, C] and `lse` [N, h, L] for the real sorted slots, in the input dtype.
+    `matmul` computes the two products (scores, values): `bench/precision_modes.py` passes one that
+    emulates TF32 operand rounding.
     """
     n, h, lp = perm.shape
     length = q.shape[1]
@@ -78,9 +80,9 @@ def window_attention(q, v, learned, perm, chunk_size):
     key_windows = _windows(chunked(keys))
     value_windows = _windows(chunked(v))
     learned_windows = _windows(chunked(learned))  # [N, h, nC, 3l, l]: learned[key j, query slot i]
-    scores = q_chunks @ key_windows.transpose(-1, -2) + learned_windows.transpose(-1, -2)
+    scores = matmul(q_chunks, key_windows.transpose(-1, -2)) + learned_windows.transpose(-1, -2)
     lse = torch.logsumexp(scores, dim=-1, keepdim=True)
-    out = torch.exp(scores - lse) @ value_windows
+    out = matmul(torch.exp(scores - lse), value_windows)
     out = out.reshape(n, h, lp, v.shape[-1])[:, :, :length]
     return out, lse.reshape(n, h, lp)[:, :, :length]
 

@@ -2,7 +2,7 @@
 
 For each (n, r): `perm[s]` = original position at sorted slot `s` (equal codes keep ascending
 position order), padded slots `s in [L, Lp)` repeat slot `(s - p) mod L`; `inv[perm[s]] = s` for
-`s < L` (contract section 3, docs/internals.md). No comparison sort: histogram, prefix sum, rank.
+`s < L` (docs/gla.md §3, docs/internals.md). No comparison sort: histogram, prefix sum, rank.
 
 Three steps, each parallel over (position tile, batch x round):
 1. `_bucket_histogram_kernel`: per-tile bucket counts `hist[nr, tile, b]`.

@@ -1,7 +1,7 @@
 """SB-LSH hashing: fused fp32 projection + argmax for all hash rounds in one launch.
 
 `codes[n, r, i] = argmax_k (q[n, i] . R[r, :, k])` over the finite projections, ties -> lowest k
-(contract section 2); a non-finite projection (NaN, +-inf) is never the maximum, and a row whose
+(docs/gla.md §2); a non-finite projection (NaN, +-inf) is never the maximum, and a row whose
 projections are all non-finite goes to bucket 0 (the reference does the same).
 Inputs are not validated here: the op layer checks them before launching.
 """

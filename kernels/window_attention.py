@@ -1,6 +1,6 @@
 """Blocked window attention forward of GLA, gathering rows through the sort permutation.
 
-Per (batch n, round r), in sorted order (contract section 4): for query slot `t < L` of chunk
+Per (batch n, round r), in sorted order (docs/gla.md §4): for query slot `t < L` of chunk
 `k = t // l`, `i = t mod l`, and each key slot `j` of the window (the multiset of chunks `k`, `k+1`,
 `k-1` mod nC, in that order; duplicates when nC < 3):
 

@@ -1,4 +1,4 @@
-"""Backward of the blocked window attention (contract sections 4-5, docs/internals.md stage 5).
+"""Backward of the blocked window attention (docs/gla.md §4-§5, docs/internals.md stage 5).
 
 One softmax over all rounds, normalised as the forward's round merge normalises it: with
 `lse_max[pos] = max_r round_max_r[pos]` and `lse_sum[pos] = sum_r round_sum_r[pos] exp(round_max_r[pos]

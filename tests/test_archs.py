@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from dlsn.archs import EDSR, FSRCNN, RCAN, build_model, load_backbone
 from dlsn.checkpoint import CheckpointError, load_model, save_weights
 from dlsn.cli import main
-from dlsn.config import load_config
+from dlsn.config import ModelConfig, load_config
 from dlsn.imageio import write_image
 
 GLA_ARGS = dict(reduction=4, chunk_size=16, n_hashes=2)
@@ -223,7 +223,8 @@ def images(tmp_path):
 @pytest.mark.parametrize("config", ["edsr_gla_x2", "rcan_gla_x2", "fsrcnn_gla_x2"])
 def test_train_and_eval_with_the_same_commands(tmp_path, images, capsys, config):
     out = tmp_path / "run"
-    tiny = ["model.n_feats=16", "model.n_resblocks=2", "model.n_resgroups=2", "model.gla_positions=[1]",
+    groups = ["model.n_resgroups=2"] if config.startswith("rcan") else []  # only RCAN has groups
+    tiny = ["model.n_feats=16", "model.n_resblocks=2", *groups, "model.gla_positions=[1]",
             "model.chunk_size=16", "model.n_hashes=1", f"data.train_dir={images}", "data.patch_size=12",
             "data.batch_size=2", "data.num_workers=0", "train.iterations=2", "train.milestones=[1]",
             f"log.out_dir={out}", "log.val_every=0", "log.save_every=0", "log.progress=false", "log.tensorboard=false"]
@@ -270,3 +271,13 @@ def test_set_n_hashes_changes_the_rounds_not_the_weights():
         torch.testing.assert_close(model.eval()(x), reference.eval()(x), rtol=0, atol=0)
     with pytest.raises(ValueError, match="positive integer"):
         model.set_n_hashes(0)
+
+
+def test_a_setting_the_architecture_ignores_is_an_error():
+    """local_fusion is DLSN's; on EDSR it would silently do nothing. GLA options reach the GLA layers."""
+    config = ModelConfig(arch="edsr", n_feats=16, n_resblocks=2, gla_positions=[1], chunk_size=16,
+                         fp32_precision="tf32", check_finite=True)
+    assert [(g.fp32_precision, g.check_finite) for g in build_model(config).gla.values()] == [("tf32", True)]
+    config.local_fusion = False
+    with pytest.raises(ValueError, match="model.arch 'edsr' does not use model.local_fusion"):
+        build_model(config)

@@ -71,3 +71,18 @@ def test_bench_smoke(script, tmp_path):
     markdown = (tmp_path / f"{script}.md").read_text()
     assert "| case | shape | dtype | provider | status | ms |" in markdown
     assert markdown.count("\n| ") - 1 == len(rows) + len(ceilings)
+
+
+def test_precision_modes_emulation_orders_the_modes(capsys):
+    """bench/precision_modes.py on a CPU: the emulated TF32 error exceeds tf32x3's and ieee's (an
+    emulation that ignored the mode would print three equal rows)."""
+    import precision_modes
+
+    assert precision_modes.main(["--length", "100", "--channels", "32", "--chunk", "16"]) == 0
+    rows = [line.split("|") for line in capsys.readouterr().out.splitlines()[2:]]
+    forward = {row[1].strip(): float(row[3]) for row in rows}
+    gradient = {row[1].strip(): float(row[4]) for row in rows}
+    assert set(forward) == {"ieee", "tf32", "tf32x3"}
+    for errors in (forward, gradient):
+        assert errors["tf32"] > 10 * errors["tf32x3"] and errors["tf32"] > 10 * errors["ieee"]
+        assert errors["ieee"] < 1e-5 and errors["tf32x3"] < 1e-5

@@ -9,10 +9,10 @@ dataset mean (red turns brownish, as reported).
 """
 import pytest
 import torch
-from PIL import Image
 
 import dlsn
 from dlsn.cli import main
+from dlsn.archs import build_model
 from dlsn.config import load_config
 from dlsn.imageio import read_image, write_image
 from dlsn.inference import DEFAULT_BORDER_PAD, upscale_tensor
@@ -22,7 +22,7 @@ BORDER_FACTOR = 2.0  # outermost rows/columns may be at most this much worse tha
 
 def smooth_demo_model():
     """The demo config's DLSN (x2) computing box_blur_3x3(image) replicated 2x2; no GLA contribution."""
-    model = dlsn.DLSN(**vars(load_config("demo").model)).eval()
+    model = build_model(load_config("demo").model).eval()
     with torch.no_grad():
         for p in model.parameters():
             if p.requires_grad:

@@ -71,3 +71,11 @@ def test_config_file_errors(tmp_path):
     typo.write_text("train:\n  iteration: 10\n")
     with pytest.raises(ConfigError, match=r"typo.yaml: unknown key train.iteration; did you mean 'iterations'"):
         load_config(typo)
+
+
+def test_packaged_name_wins_over_a_folder_of_that_name(tmp_path, monkeypatch):
+    """`dlsn train --config demo` run from a folder that holds a `demo/` folder (say, the demo's
+    output) still finds the packaged config instead of calling the folder a missing file."""
+    (tmp_path / "demo").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert load_config("demo").model.n_feats == 48

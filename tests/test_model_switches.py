@@ -13,7 +13,7 @@ SMALL = dict(n_resgroups=2, n_resblocks=2, n_feats=16, chunk_size=16, n_hashes=2
 
 
 def published_keys(n_resgroups, n_resblocks, scale=2):
-    """The published state-dict keys (contract section 6), written out independently of dlsn.model."""
+    """The published state-dict keys (docs/gla.md §6), written out independently of dlsn.model."""
     keys = ["a", "sub_mean.weight", "sub_mean.bias", "head.0.weight", "head.0.bias"]
     for g in range(n_resgroups):
         for b in range(n_resblocks):
