@@ -73,7 +73,7 @@ def test_output_below_a_file_is_one_line(tmp_path, capsys, checkpoint, command):
                  "--save", str(blocker / "sr")],
         "export": ["export", "--checkpoint", str(checkpoint), "-o", str(blocker / "w.safetensors")],
         "train": ["train", "--config", "demo", f"log.out_dir={blocker / 'run'}",
-                  f"data.train_dir={tmp_path / 'data'}", "train.iterations=1", "data.patch_size=8",
+                  f"data.train_dir={tmp_path / 'data'}", "train.iterations=1", "train.milestones=[1]", "data.patch_size=8",
                   "data.batch_size=1", "log.progress=false"],
     }[command]
     assert main(argv) == 2

@@ -80,7 +80,7 @@ def test_learned_scores_are_the_learnable_term_alone():
         out = torch.softmax(scores, dim=-1) @ windows(v)
         lse = torch.logsumexp(scores, dim=-1)
         out, lse = out.reshape(n, h, lp, 16)[:, :, :63], lse.reshape(n, h, lp)[:, :, :63]
-        merged, _ = reference.combine_rounds(out, lse, inv)
+        merged, _ = reference.scatter_back(out, lse, inv)
         expected = merged.transpose(1, 2).reshape(x.shape) + x
         got = learned(x)
         published = both(x)
