@@ -65,3 +65,14 @@ def set5_dir():
     if not SET5.is_dir():
         pytest.skip(f"Set5 not found at {SET5} (set DLSN_SET5)")
     return SET5
+
+
+@pytest.fixture
+def checkpoint(tmp_path, request):
+    """A tiny x2 DLSN's weights on disk; the test module's `TINY` dict gives the model's sizes."""
+    import dlsn
+
+    torch.manual_seed(0)
+    path = tmp_path / "tiny_x2.pth"
+    torch.save(dlsn.DLSN(scale=2, **request.module.TINY).state_dict(), path)
+    return path

@@ -10,7 +10,6 @@ dataset mean (red turns brownish, as reported).
 import pytest
 import torch
 
-import dlsn
 from dlsn.cli import main
 from dlsn.archs import build_model
 from dlsn.config import load_config

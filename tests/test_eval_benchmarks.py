@@ -7,7 +7,6 @@ import shutil
 import pytest
 import torch
 
-import dlsn
 from dlsn.cli import main
 from dlsn.imageio import write_image
 
@@ -26,14 +25,6 @@ def benchmarks(tmp_path):
             write_image(folder / f"{image}.png", (0.7 * base + 0.3 * torch.rand(3, *size, generator=g)).clamp(0, 1))
         folders.append(folder)
     return folders
-
-
-@pytest.fixture
-def checkpoint(tmp_path):
-    torch.manual_seed(0)
-    path = tmp_path / "tiny_x2.pth"
-    torch.save(dlsn.DLSN(scale=2, **TINY).state_dict(), path)
-    return path
 
 
 def eval_json(capsys, *argv):

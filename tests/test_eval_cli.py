@@ -5,7 +5,6 @@ import pytest
 import torch
 from PIL import Image
 
-import dlsn
 from dlsn.cli import main
 from dlsn.data import BenchmarkPairs
 from dlsn.imageio import read_image, read_image_with_alpha, write_image
@@ -25,14 +24,6 @@ def bench(tmp_path):
         base = torch.linspace(0, 1, 28).view(1, 1, 28).expand(3, 26, 28)
         write_image(folder / f"{name}.png", (0.7 * base + 0.3 * torch.rand(3, 26, 28, generator=g)).clamp(0, 1))
     return folder
-
-
-@pytest.fixture
-def checkpoint(tmp_path):
-    torch.manual_seed(0)
-    path = tmp_path / "tiny_x2.pth"
-    torch.save(dlsn.DLSN(scale=2, **TINY).state_dict(), path)
-    return path
 
 
 def test_eval_bicubic_json_matches_direct_computation(bench, capsys):

@@ -7,19 +7,10 @@ import pytest
 import torch
 from PIL import Image
 
-import dlsn
 from dlsn.cli import main
 from dlsn.imageio import write_image
 
 TINY = dict(n_resgroups=1, n_resblocks=1, n_feats=8, chunk_size=16, n_hashes=1)
-
-
-@pytest.fixture
-def checkpoint(tmp_path):
-    torch.manual_seed(0)
-    path = tmp_path / "tiny_x2.pth"
-    torch.save(dlsn.DLSN(scale=2, **TINY).state_dict(), path)
-    return path
 
 
 def _one_error_line(capsys, *needles):

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from PIL import Image
 
 import dlsn
 from dlsn.cli import main
@@ -16,14 +15,6 @@ from dlsn.tiling import MIN_TILE, forward_bytes, parse_size, plan_tiles
 
 TINY = dict(n_resgroups=1, n_resblocks=1, n_feats=8, chunk_size=16, n_hashes=1)
 DEMO = dict(n_resgroups=1, n_resblocks=2, n_feats=48, chunk_size=64, n_hashes=2, res_scale=1.0)
-
-
-@pytest.fixture
-def checkpoint(tmp_path):
-    torch.manual_seed(0)
-    path = tmp_path / "tiny_x2.pth"
-    torch.save(dlsn.DLSN(scale=2, **TINY).state_dict(), path)
-    return path
 
 
 def test_parse_size():
