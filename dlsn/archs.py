@@ -100,6 +100,18 @@ def _check_scale(name, scale):
         raise ValueError(f"{name} supports scales {SUPPORTED_SCALES}, got {scale!r}")
 
 
+class _HeadBodyTail(_GLAInserts):
+    """EDSR and RCAN: head, body stages (GLA layers before the chosen ones) and a closing conv with
+    a long skip, upsampling tail; `sub_mean`/`add_mean` around them."""
+
+    def forward(self, x):
+        self._check_input(x)
+        x = self.head(self.sub_mean(x))
+        stages, closing = list(self.body)[:-1], self.body[-1]
+        x = closing(self._stages(stages, x)) + x
+        return self.add_mean(self.tail(x))
+
+
 class ResBlock(nn.Module):
     """EDSR residual block: Conv-ReLU-Conv, `body(x) * res_scale + x`; keys `body.0.*`, `body.2.*`."""
 
@@ -113,7 +125,7 @@ class ResBlock(nn.Module):
         return self.body(x) * self.res_scale + x
 
 
-class EDSR(_GLAInserts):
+class EDSR(_HeadBodyTail):
     """EDSR (Lim et al. 2017) with optional GLA layers; defaults: EDSR-baseline (16 blocks, 64 features).
 
     The large EDSR is `n_resblocks=32, n_feats=256, res_scale=0.1`; EDSR-PyTorch's published weights
@@ -132,14 +144,6 @@ class EDSR(_GLAInserts):
         self.tail = nn.Sequential(Upsampler(scale, n_feats), default_conv(n_feats, n_colors, 3))
         self.add_mean = MeanShift(rgb_range, sign=1)
         self._make_gla(gla_positions, n_resblocks, lambda p: n_feats, reduction, chunk_size, n_hashes, gla_options)
-
-    def forward(self, x):
-        self._check_input(x)
-        x = self.head(self.sub_mean(x))
-        blocks, closing = list(self.body)[:-1], self.body[-1]
-        x = closing(self._stages(blocks, x)) + x
-        return self.add_mean(self.tail(x))
-
 
 class CALayer(nn.Module):
     """Channel attention: global average pool, 1x1 down (C/reduction), ReLU, 1x1 up, sigmoid; keys `conv_du.{0,2}.*`."""
@@ -178,7 +182,7 @@ class ResidualGroup(nn.Module):
         return self.body(x) + x
 
 
-class RCAN(_GLAInserts):
+class RCAN(_HeadBodyTail):
     """RCAN (Zhang et al. 2018) with optional GLA layers; defaults: the published 10 groups x 20 RCABs x 64.
 
     `ca_reduction` is the channel attention's (16); `reduction` is GLA's. Published RCAN weights use
@@ -199,14 +203,6 @@ class RCAN(_GLAInserts):
         self.tail = nn.Sequential(Upsampler(scale, n_feats), default_conv(n_feats, n_colors, 3))
         self.add_mean = MeanShift(rgb_range, sign=1)
         self._make_gla(gla_positions, n_resgroups, lambda p: n_feats, reduction, chunk_size, n_hashes, gla_options)
-
-    def forward(self, x):
-        self._check_input(x)
-        x = self.head(self.sub_mean(x))
-        groups, closing = list(self.body)[:-1], self.body[-1]
-        x = closing(self._stages(groups, x)) + x
-        return self.add_mean(self.tail(x))
-
 
 class FSRCNN(_GLAInserts):
     """FSRCNN (Dong et al. 2016) with optional GLA layers: `d` features, shrink to `s`, `m` mapping layers.
