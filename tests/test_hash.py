@@ -1,17 +1,10 @@
 """Triton SB-LSH hash kernel against dlsn.reference.hash_codes (exact equality of the codes)."""
-import os
-
+import pytest
 import torch
+from conftest import DEVICE
 
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-
-import pytest  # noqa: E402
-
-from dlsn import reference  # noqa: E402
-from dlsn.ops import fused  # noqa: E402
-
-DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+from dlsn import reference
+from dlsn.ops import fused
 
 
 def make_queries(n, length, c, dtype, seed, zero_rows=0):
@@ -73,13 +66,6 @@ def test_non_contiguous_and_float64_rotations():
     codes = fused.triton_hash(q, rotations64)
     assert torch.equal(codes.long(), reference.hash_codes(q, rotations64.float()))
 
-
-@pytest.fixture
-def no_launch(monkeypatch):
-    def fail(*args, **kwargs):
-        raise AssertionError("kernel launched on invalid input")
-
-    monkeypatch.setattr(fused, "sblsh_hash_fwd", fail)
 
 
 @pytest.mark.parametrize(

@@ -7,17 +7,13 @@ import textwrap
 
 import pytest
 import torch
+import triton
 
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-
-import triton  # noqa: E402
-
-from dlsn.kernels import launch as launch_module  # noqa: E402
-from dlsn.kernels.bucket_sort import bucket_sort_fwd_plan  # noqa: E402
-from dlsn.kernels.hash import sblsh_hash_fwd_min_flops, sblsh_hash_fwd_plan  # noqa: E402
-from dlsn.kernels.launch import Config, pick_config  # noqa: E402
-from dlsn.kernels.window_attention import window_attn_fwd_min_flops, window_attn_fwd_plan  # noqa: E402
+from dlsn.kernels import launch as launch_module
+from dlsn.kernels.bucket_sort import bucket_sort_fwd_plan
+from dlsn.kernels.hash import sblsh_hash_fwd_min_flops, sblsh_hash_fwd_plan
+from dlsn.kernels.launch import Config, pick_config
+from dlsn.kernels.window_attention import window_attn_fwd_min_flops, window_attn_fwd_plan
 
 # name: (N, H*W, c, C, l, h, buckets)
 SHAPES = {

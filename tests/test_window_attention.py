@@ -5,20 +5,13 @@ float64 here. float32: relative error <= 1e-4 against the float64 reference. bfl
 error against the float64 reference no worse than twice that of the reference run in the same
 dtype. float64 inputs (gradcheck's dtype) match to 1e-12.
 """
-import os
-
+import pytest
 import torch
+from conftest import DEVICE, max_error
 
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-
-import pytest  # noqa: E402
-
-from dlsn import reference  # noqa: E402
-from dlsn.kernels.window_attention import window_attn_fwd, window_attn_fwd_plan  # noqa: E402
-from dlsn.ops import fused  # noqa: E402
-
-DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+from dlsn import reference
+from dlsn.kernels.window_attention import window_attn_fwd, window_attn_fwd_plan
+from dlsn.ops import fused
 
 
 def make_inputs(n, h, length, c, C, chunk_size, b, dtype, seed, zero_rows=2):
@@ -44,10 +37,6 @@ def run_kernel(q, v, F, perm, chunk_size, precision="ieee"):
     # the row maximum's own term is exp(0) = 1
     assert (round_sum >= 1).all()
     return O, round_max.double() + round_sum.double().log()
-
-
-def max_error(actual, expected):
-    return (actual.double() - expected.double()).abs().max().item()
 
 
 SHAPES = [
@@ -140,13 +129,6 @@ def test_non_contiguous_inputs_are_copied():
     contiguous = fused.triton_window_attention(q, v, F, perm, 16)
     assert all(torch.equal(a, b) for a, b in zip(strided, contiguous))
 
-
-@pytest.fixture
-def no_launch(monkeypatch):
-    def fail(*args, **kwargs):
-        raise AssertionError("kernel launched on invalid input")
-
-    monkeypatch.setattr(fused, "window_attn_fwd", fail)
 
 
 @pytest.mark.parametrize(
