@@ -62,15 +62,15 @@ def main(argv=None):
         x32 = torch.randn(batch, channels, height, width, device=device)
         rotations = layer.rotations_for(height * width, device)
         with torch.no_grad():
-            q32, v32, F32 = layer.embed(x32)
-            f_rows = layer.conv_assembly_fc(x32).flatten(2).transpose(1, 2).contiguous()
+            q32, v32, learned32 = layer.embed(x32)
+            learned_rows = layer.conv_assembly_fc(x32).flatten(2).transpose(1, 2).contiguous()
         codes = reference.hash_codes(q32, rotations).to(torch.int32)
         perm_ref, inv_ref = reference.sort_permutation(codes.long(), chunk)
         perm, inv = perm_ref.to(torch.int32).contiguous(), inv_ref.to(torch.int32).contiguous()
         n_l = s["N"] * s["L"]
         for dtype in dtypes:
             elem = harness.ELEMENT_BYTES[dtype]
-            q, v, F, x = (t.to(dtype).contiguous() for t in (q32, v32, F32, x32))
+            q, v, learned, x = (t.to(dtype).contiguous() for t in (q32, v32, learned32, x32))
             rec = recorder.measure
             with torch.no_grad():
                 # hash: read q, write int32 codes
@@ -91,14 +91,14 @@ def main(argv=None):
                         lambda: fused.triton_sort(codes, s["b"], chunk, check_range=False), 0, sb)
                 else:
                     recorder.skip("sort", shape, "triton", dtype, fused_reason)
-                # attention: read q, v, F, perm; write O [N,h,L,C] and lse
+                # attention: read q, v, learned, perm; write O [N,h,L,C] and lse
                 ab = elem * n_l * (s["c"] + s["C"] + s["l"]) + elem * s["N"] * s["h"] * s["L"] * s["C"] \
                     + 4 * s["N"] * s["h"] * s["L"] * 2
                 rec("attention", shape, "reference", dtype,
-                    lambda: reference.window_attention(q, v, F, perm_ref, chunk), harness.attention_flops(s), ab)
+                    lambda: reference.window_attention(q, v, learned, perm_ref, chunk), harness.attention_flops(s), ab)
                 if fused:
                     rec("attention", shape, "triton", dtype,
-                        lambda: fused.triton_window_attention(q, v, F, perm, chunk, check_range=False),
+                        lambda: fused.triton_window_attention(q, v, learned, perm, chunk, check_range=False),
                         harness.attention_flops(s), ab)
                 else:
                     recorder.skip("attention", shape, "triton", dtype, fused_reason)
@@ -119,26 +119,26 @@ def main(argv=None):
                 # fc: Linear(C->l), ReLU, Linear(l->l) once per position (shared by every provider)
                 fc = layer.fc
                 fb = elem * n_l * (s["C"] + s["l"])
-                rows = f_rows.to(dtype)
+                rows = learned_rows.to(dtype)
                 with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
                     rec("fc", shape, "reference", dtype, lambda: fc(rows),
                         2 * n_l * (s["C"] * s["l"] + s["l"] * s["l"]), fb)
-            # attention backward (fused): dq, dv, dF from dy
+            # attention backward (fused): dq, dv, dlearned from dy
             if fused:
                 fwd_op, bwd_op = torch.ops.dlsn.gla_attention_fwd, torch.ops.dlsn.gla_attention_bwd
                 with torch.no_grad():
-                    y, out, lse_max, lse_sum = fwd_op(q, v, F, perm, inv, x, chunk, 1.0, "ieee")
+                    y, out, lse_max, lse_sum = fwd_op(q, v, learned, perm, inv, x, chunk, 1.0, "ieee")
                 dy = torch.randn_like(y)
                 bb = elem * n_l * (2 * s["C"] + s["c"] + s["C"] + s["l"]) * 2 + 4 * n_l
                 rec("attention-bwd", shape, "triton", dtype,
-                    lambda: bwd_op(dy, q, v, F, perm, inv, out, lse_max, lse_sum, chunk, 1.0, "ieee"),
+                    lambda: bwd_op(dy, q, v, learned, perm, inv, out, lse_max, lse_sum, chunk, 1.0, "ieee"),
                     int(2.5 * harness.attention_flops(s)), bb)
             else:
                 recorder.skip("attention-bwd", shape, "triton", dtype, fused_reason)
-            qg, vg, Fg = (t.detach().clone().requires_grad_(True) for t in (q, v, F))
+            qg, vg, learned_g = (t.detach().clone().requires_grad_(True) for t in (q, v, learned))
 
             def reference_bwd():
-                O_r, lse_r = reference.window_attention(qg, vg, Fg, perm_ref, chunk)
+                O_r, lse_r = reference.window_attention(qg, vg, learned_g, perm_ref, chunk)
                 out_r, _ = reference.scatter_back(O_r, lse_r, inv_ref)
                 out_r.backward(torch.ones_like(out_r))
             rec("attention-bwd", shape, "reference", dtype, reference_bwd,

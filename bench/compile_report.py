@@ -124,14 +124,14 @@ def stage_inputs(s, dtype):
     meta = dict(device="meta")
     q = torch.empty((s.N, s.L, s.c), dtype=dtype, **meta)
     v = torch.empty((s.N, s.L, s.C), dtype=dtype, **meta)
-    F = torch.empty((s.N, s.L, s.l), dtype=dtype, **meta)
+    learned = torch.empty((s.N, s.L, s.l), dtype=dtype, **meta)
     rotations = torch.empty((s.h, s.c, s.b), dtype=torch.float32, **meta)
     codes = torch.empty((s.N, s.h, s.L), dtype=torch.int32, **meta)
     perm = torch.empty((s.N, s.h, s.Lp), dtype=torch.int32, **meta)
     inv = torch.empty((s.N, s.h, s.L), dtype=torch.int32, **meta)
     g = torch.empty((s.N, s.L, s.C), dtype=dtype, **meta)
     stats = torch.empty((s.N, s.L), dtype=torch.float32, **meta)
-    return dict(q=q, v=v, F=F, rotations=rotations, codes=codes, perm=perm, inv=inv, g=g, stats=stats)
+    return dict(q=q, v=v, learned=learned, rotations=rotations, codes=codes, perm=perm, inv=inv, g=g, stats=stats)
 
 
 def plans(s, dtype_name):
@@ -143,9 +143,9 @@ def plans(s, dtype_name):
     return [
         ("hash", hash_kernels.sblsh_hash_fwd_plan(x["q"], x["rotations"])[0]),
         ("sort", bucket_sort.bucket_sort_fwd_plan(x["codes"], s.b, s.l)[0]),
-        ("fwd", window_attention.window_attn_fwd_plan(x["q"], x["v"], x["F"], x["perm"], s.l, precision)[0]),
-        ("bwd", window_attention_bwd.window_attn_bwd_plan(x["q"], x["v"], x["F"], x["perm"], x["inv"], x["g"], stats,
-                                                          stats, stats, s.l, precision)[0]),
+        ("fwd", window_attention.window_attn_fwd_plan(x["q"], x["v"], x["learned"], x["perm"], s.l, precision)[0]),
+        ("bwd", window_attention_bwd.window_attn_bwd_plan(x["q"], x["v"], x["learned"], x["perm"], x["inv"], x["g"],
+                                                          stats, stats, stats, s.l, precision)[0]),
     ]
 
 

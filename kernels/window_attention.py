@@ -5,7 +5,7 @@ Per (batch n, round r), in sorted order (docs/gla.md §4): for query slot `t < L
 `k-1` mod nC, in that order; duplicates when nC < 3):
 
     key_j       = q[perm j] / max(||q[perm j]||_2, KEY_NORM_EPS)
-    s_tj        = q[perm t] . key_j + F[perm j, i]
+    s_tj        = q[perm t] . key_j + learned[perm j, i]
     round_max_t = max_j s_tj
     round_sum_t = sum_j exp(s_tj - round_max_t)               (>= 1)
     O_t         = sum_j exp(s_tj - round_max_t) v[perm j] / round_sum_t
@@ -13,7 +13,7 @@ Per (batch n, round r), in sorted order (docs/gla.md §4): for query slot `t < L
 so `lse_t = round_max_t + log(round_sum_t)`; the two numbers are returned separately so that no
 float32 rounds lse at the scores' magnitude (the round merge weights with them exactly).
 
-The kernel is a flash-attention forward: rows of q, v and F are gathered through `perm` inside the
+The kernel is a flash-attention forward: rows of q, v and learned are gathered through `perm` inside the
 kernel (no sorted copies, no 3x window copies, no [l, 3l] score tensor), one program per
 (query tile, batch x round) covering every value column (BLOCK_C = next_power_of_2(C)), so each
 score is computed once. Float32 dots use `precision` ("ieee" FMAs, "tf32" or "tf32x3" tensor
@@ -32,7 +32,7 @@ from .window_common import key_chunk_of_listing, load_keys, round_rows, window_d
 
 @triton.jit
 def _window_attn_fwd_kernel(
-    Q, V, F, PERM, O, ROUND_MAX, ROUND_SUM,
+    Q, V, LEARNED, PERM, O, ROUND_MAX, ROUND_SUM,
     length, padded_length, n_chunks, n_hashes, match_channels, value_channels,
     CHUNK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_C: tl.constexpr, PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr,
@@ -46,8 +46,8 @@ def _window_attn_fwd_kernel(
     query_in_chunk = (pid_m % tiles_per_chunk) * BLOCK_M + tl.arange(0, BLOCK_M)
     query_slot = chunk * CHUNK + query_in_chunk
 
-    _, perm_row, q_rows, v_rows, f_rows = round_rows(Q, V, F, PERM, nr, n_hashes, length, padded_length,
-                                                     match_channels, value_channels, CHUNK)
+    _, perm_row, q_rows, v_rows, learned_rows = round_rows(Q, V, LEARNED, PERM, nr, n_hashes, length,
+                                                           padded_length, match_channels, value_channels, CHUNK)
     dims = tl.arange(0, BLOCK_D)
     dim_mask = dims < match_channels
     cols = tl.arange(0, BLOCK_C)
@@ -66,7 +66,7 @@ def _window_attn_fwd_kernel(
         key_slot = key_chunk * CHUNK + (key_block % blocks_per_chunk) * BLOCK_N + tl.arange(0, BLOCK_N)
         key_pos = tl.load(perm_row + key_slot).to(tl.int64)
         key = load_keys(q_rows, key_pos, dims, dim_mask, match_channels, ACC)
-        scores = window_scores(q, key, f_rows, key_pos, query_in_chunk, CHUNK, PRECISION, UPCAST_DOT, ACC)
+        scores = window_scores(q, key, learned_rows, key_pos, query_in_chunk, CHUNK, PRECISION, UPCAST_DOT, ACC)
         m_new = tl.maximum(m_i, tl.max(scores, axis=1))
         alpha = tl.exp(m_i - m_new)
         p = tl.exp(scores - m_new[:, None])
@@ -131,7 +131,7 @@ def window_attn_fwd_min_flops(n_batch, n_hashes, length, match_channels, value_c
     return 2 * n_batch * n_hashes * length * 3 * chunk_size * (match_channels + value_channels)
 
 
-def window_attn_fwd_plan(q, v, F, perm, chunk_size, precision="ieee", config=None):
+def window_attn_fwd_plan(q, v, learned, perm, chunk_size, precision="ieee", config=None):
     """Plan of `window_attn_fwd` (see kernels/launch.py): ([Launch], (O, round_max, round_sum))."""
     n_batch, length, match_channels = q.shape
     value_channels = v.shape[-1]
@@ -148,7 +148,7 @@ def window_attn_fwd_plan(q, v, F, perm, chunk_size, precision="ieee", config=Non
     block_c = max(16, triton.next_power_of_2(value_channels))
     if config is None:
         def trial(candidate):
-            launches, _ = window_attn_fwd_plan(q, v, F, perm, chunk_size, precision, candidate)
+            launches, _ = window_attn_fwd_plan(q, v, learned, perm, chunk_size, precision, candidate)
             return run(launches)
 
         config = pick_config(
@@ -156,7 +156,7 @@ def window_attn_fwd_plan(q, v, F, perm, chunk_size, precision="ieee", config=Non
             (dtype, value_channels, match_channels, chunk_size, precision), v.device,
             lambda c: 16 <= c.kwargs["BLOCK_M"] <= chunk_size and 16 <= c.kwargs["BLOCK_N"] <= chunk_size,
             trial)
-    block_m, block_n = config.kwargs["BLOCK_M"], config.kwargs["BLOCK_N"]
+    block_m = config.kwargs["BLOCK_M"]
     grid = (triton.cdiv(length, block_m), n_batch * n_hashes)
     # Every program runs its BLOCK_M query rows (padded slots included) against the 3l window keys
     # over BLOCK_D score and BLOCK_C value columns; exp/max/scaling are not counted.
@@ -164,7 +164,7 @@ def window_attn_fwd_plan(q, v, F, perm, chunk_size, precision="ieee", config=Non
     acc = tl.float64 if dtype == torch.float64 else tl.float32
     launch = Launch(
         kernel=_window_attn_fwd_kernel, grid=grid,
-        args=dict(Q=q, V=v, F=F, PERM=perm, O=O, ROUND_MAX=round_max, ROUND_SUM=round_sum,
+        args=dict(Q=q, V=v, LEARNED=learned, PERM=perm, O=O, ROUND_MAX=round_max, ROUND_SUM=round_sum,
                   length=length, padded_length=padded_length, n_chunks=padded_length // chunk_size,
                   n_hashes=n_hashes, match_channels=match_channels, value_channels=value_channels),
         constexprs=dict(CHUNK=chunk_size, **config_blocks(config), BLOCK_D=block_d, BLOCK_C=block_c,
@@ -174,11 +174,11 @@ def window_attn_fwd_plan(q, v, F, perm, chunk_size, precision="ieee", config=Non
     return [launch], outputs
 
 
-def window_attn_fwd(q, v, F, perm, chunk_size, precision="ieee"):
-    """q [N, L, c], v [N, L, C], F [N, L, l] (one float dtype, contiguous), perm [N, h, Lp] int32
+def window_attn_fwd(q, v, learned, perm, chunk_size, precision="ieee"):
+    """q [N, L, c], v [N, L, C], learned [N, L, l] (one float dtype, contiguous), perm [N, h, Lp] int32
     -> (O [N, h, L, C] in v's dtype, round_max [N, h, L], round_sum [N, h, L]) (float32; float64
     for float64 inputs). `precision` ("ieee", "tf32", "tf32x3") is the float32 dots' input precision.
     lse = round_max + log(round_sum)."""
-    launches, outputs = window_attn_fwd_plan(q, v, F, perm, chunk_size, precision)
+    launches, outputs = window_attn_fwd_plan(q, v, learned, perm, chunk_size, precision)
     run(launches)
     return outputs

@@ -11,7 +11,7 @@ One softmax over all rounds, normalised as the forward's round merge normalises 
     dv[perm j]    += P_tj g[perm t]
     dkey[perm j]  += dS_tj q[perm t]            then dq += d normalize(q) (dkey)
     dq[perm t]    += dS_tj key[perm j]
-    dF[perm j, i] += dS_tj
+    dlearned[perm j, i] += dS_tj
 
 `s - lse_max` is exact to the scores' own rounding at any magnitude (subtracting an `LSE` rounded
 to float32 is not: an error of |LSE| 2^-24 in every exponent).
@@ -20,7 +20,7 @@ Two passes over key blocks, each program covering every query of the three windo
 keys (query chunks kc, kc - 1, kc + 1 mod nC; the same chunk several times when nC < 3):
 - `_window_attn_bwd_dv_kernel`: S, P, dv += P^T g over all C value columns at once;
   2 (c + C) FLOPs per score element.
-- `_window_attn_bwd_dkdq_kernel`: S, P, dP = g v^T (C reduced in BLOCK_C tiles), dS, then dkey, dF
+- `_window_attn_bwd_dkdq_kernel`: S, P, dP = g v^T (C reduced in BLOCK_C tiles), dS, then dkey, dlearned
   and this key block's share of dq (dS key), written to a transient per-(query slot, key block)
   buffer; 2 (3c + C) FLOPs per score element.
 Together 2 (4c + 2C) per score element against the minimal 2 (3c + 2C) (S, dP, dV, dK, dQ once
@@ -30,7 +30,7 @@ Deterministic, no atomics: every buffer row is written by exactly one program, a
 slot's dq parts in key-block order or its padded duplicates in order). Accumulation in float32
 (float64 for float64 inputs, which exists for gradcheck).
 
-Transient buffers (float32; allocated per call, nothing is kept): dv, dF and dkey slots N h Lp (C + l + c)
+Transient buffers (float32; allocated per call, nothing is kept): dv, dlearned and dkey slots N h Lp (C + l + c)
 and the dq parts N h L (3 l / BLOCK_N) c. At the training shape (N = 16, h = 3, L = Lp = 2304,
 C = 256, c = 64, l = 128) that is 198 MB of slots plus dq parts of 340 MB ("fma" configs, 32-key
 blocks), 170 MB ("tf32", 64) or 85 MB (16-bit, 128); at the inference shape (N = 1, 512 x 512) 1.4 GB
@@ -46,11 +46,11 @@ from .window_common import load_keys, query_chunk_of_listing, round_rows, window
 
 
 @triton.jit
-def _probabilities(q, key, f_rows, key_pos, query_in_chunk, query_pos, query_mask, LSE_MAX, LSE_SUM,
+def _probabilities(q, key, learned_rows, key_pos, query_in_chunk, query_pos, query_mask, LSE_MAX, LSE_SUM,
                    CHUNK: tl.constexpr, PRECISION: tl.constexpr, ACC: tl.constexpr, UPCAST: tl.constexpr):
-    """P [BLOCK_M, BLOCK_N] = exp(q . key + F[key, i] - lse_max[query]) / lse_sum[query]; 0 on padded
+    """P [BLOCK_M, BLOCK_N] = exp(q . key + learned[key, i] - lse_max[query]) / lse_sum[query]; 0 on padded
     query rows."""
-    scores = window_scores(q, key, f_rows, key_pos, query_in_chunk, CHUNK, PRECISION, UPCAST, ACC)
+    scores = window_scores(q, key, learned_rows, key_pos, query_in_chunk, CHUNK, PRECISION, UPCAST, ACC)
     row_max = tl.load(LSE_MAX + query_pos, mask=query_mask, other=0.0).to(ACC)
     row_scale = 1.0 / tl.load(LSE_SUM + query_pos, mask=query_mask, other=1.0).to(ACC)
     return tl.where(query_mask[:, None], tl.exp(scores - row_max[:, None]) * row_scale[:, None], 0.0)
@@ -58,7 +58,7 @@ def _probabilities(q, key, f_rows, key_pos, query_in_chunk, query_pos, query_mas
 
 @triton.jit
 def _window_attn_bwd_dv_kernel(
-    Q, F, G, PERM, LSE_MAX, LSE_SUM, DV_SLOT,
+    Q, LEARNED, G, PERM, LSE_MAX, LSE_SUM, DV_SLOT,
     length, padded_length, n_chunks, n_hashes, match_channels, value_channels,
     CHUNK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_C: tl.constexpr, PRECISION: tl.constexpr, ACC: tl.constexpr, UPCAST: tl.constexpr,
@@ -67,8 +67,8 @@ def _window_attn_bwd_dv_kernel(
     columns in one program (BLOCK_C >= C), so P is computed once. Grid: (nC * CHUNK / BLOCK_N, N * h)."""
     pid_k = tl.program_id(0)
     nr = tl.program_id(1).to(tl.int64)
-    n, perm_row, q_rows, g_rows, f_rows = round_rows(Q, G, F, PERM, nr, n_hashes, length, padded_length,
-                                                     match_channels, value_channels, CHUNK)
+    n, perm_row, q_rows, g_rows, learned_rows = round_rows(Q, G, LEARNED, PERM, nr, n_hashes, length,
+                                                           padded_length, match_channels, value_channels, CHUNK)
     blocks_per_chunk: tl.constexpr = CHUNK // BLOCK_N
     key_chunk = pid_k // blocks_per_chunk
     key_slot = key_chunk * CHUNK + (pid_k % blocks_per_chunk) * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -89,7 +89,7 @@ def _window_attn_bwd_dv_kernel(
         query_pos = tl.load(perm_row + query_slot, mask=query_mask, other=0).to(tl.int64)
         q = tl.load(q_rows + query_pos[:, None] * match_channels + dims[None, :],
                     mask=query_mask[:, None] & dim_mask[None, :], other=0.0)
-        p = _probabilities(q, key, f_rows, key_pos, query_in_chunk, query_pos, query_mask,
+        p = _probabilities(q, key, learned_rows, key_pos, query_in_chunk, query_pos, query_mask,
                            LSE_MAX + n * length, LSE_SUM + n * length, CHUNK, PRECISION, ACC, UPCAST)
         g = tl.load(g_rows + query_pos[:, None] * value_channels + cols[None, :],
                     mask=query_mask[:, None] & col_mask[None, :], other=0.0)
@@ -100,20 +100,20 @@ def _window_attn_bwd_dv_kernel(
 
 @triton.jit
 def _window_attn_bwd_dkdq_kernel(
-    Q, V, F, G, PERM, LSE_MAX, LSE_SUM, DELTA, DKEY_SLOT, DF_SLOT, DQ_PARTS,
+    Q, V, LEARNED, G, PERM, LSE_MAX, LSE_SUM, DELTA, DKEY_SLOT, DLEARNED_SLOT, DQ_PARTS,
     length, padded_length, n_chunks, n_hashes, match_channels, value_channels,
     CHUNK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_C: tl.constexpr, PRECISION: tl.constexpr, ACC: tl.constexpr, UPCAST: tl.constexpr,
 ):
     """For key block b of key chunk kc and the query chunks listing it (listing 0, 1, 2):
     DKEY_SLOT[n, r, j] = sum dS_tj q[perm t] (gradient of the normalised key),
-    DF_SLOT[n, r, j, i] = sum dS_tj, and DQ_PARTS[n, r, t, listing * CHUNK / BLOCK_N + b] =
+    DLEARNED_SLOT[n, r, j, i] = sum dS_tj, and DQ_PARTS[n, r, t, listing * CHUNK / BLOCK_N + b] =
     sum_{j in block} dS_tj key[perm j] (each (query slot, part) written by one program).
     Grid: (nC * CHUNK / BLOCK_N, N * h)."""
     pid_k = tl.program_id(0)
     nr = tl.program_id(1).to(tl.int64)
-    n, perm_row, q_rows, v_rows, f_rows = round_rows(Q, V, F, PERM, nr, n_hashes, length, padded_length,
-                                                     match_channels, value_channels, CHUNK)
+    n, perm_row, q_rows, v_rows, learned_rows = round_rows(Q, V, LEARNED, PERM, nr, n_hashes, length,
+                                                           padded_length, match_channels, value_channels, CHUNK)
     g_rows = G + n * length * value_channels
     blocks_per_chunk: tl.constexpr = CHUNK // BLOCK_N
     n_parts: tl.constexpr = 3 * blocks_per_chunk
@@ -126,18 +126,18 @@ def _window_attn_bwd_dkdq_kernel(
     key_pos = tl.load(perm_row + key_slot).to(tl.int64)
     key = load_keys(q_rows, key_pos, dims, dim_mask, match_channels, ACC)
     dkey = tl.zeros([BLOCK_N, BLOCK_D], ACC)
-    # Outer loop over query rows i of a chunk, inner over the three listings: dF[j, i] is complete
+    # Outer loop over query rows i of a chunk, inner over the three listings: dlearned[j, i] is complete
     # after the inner loop and is stored once.
     for query_block in range(CHUNK // BLOCK_M):
         query_in_chunk = query_block * BLOCK_M + tl.arange(0, BLOCK_M)
-        dF = tl.zeros([BLOCK_M, BLOCK_N], ACC)
+        dlearned = tl.zeros([BLOCK_M, BLOCK_N], ACC)
         for listing in range(3):
             query_slot = query_chunk_of_listing(key_chunk, listing, n_chunks) * CHUNK + query_in_chunk
             query_mask = query_slot < length
             query_pos = tl.load(perm_row + query_slot, mask=query_mask, other=0).to(tl.int64)
             q = tl.load(q_rows + query_pos[:, None] * match_channels + dims[None, :],
                         mask=query_mask[:, None] & dim_mask[None, :], other=0.0)
-            p = _probabilities(q, key, f_rows, key_pos, query_in_chunk, query_pos, query_mask,
+            p = _probabilities(q, key, learned_rows, key_pos, query_in_chunk, query_pos, query_mask,
                                LSE_MAX + n * length, LSE_SUM + n * length, CHUNK, PRECISION, ACC, UPCAST)
             dp = tl.zeros([BLOCK_M, BLOCK_N], ACC)
             for col_start in range(0, value_channels, BLOCK_C):
@@ -151,12 +151,12 @@ def _window_attn_bwd_dkdq_kernel(
             delta = tl.load(DELTA + n * length + query_pos, mask=query_mask, other=0.0).to(ACC)
             ds = p * (dp - delta[:, None])
             dkey += window_dot(tl.trans(ds).to(q.dtype), q, PRECISION, UPCAST, ACC)
-            dF += ds
+            dlearned += ds
             dq_part = window_dot(ds.to(q.dtype), key.to(q.dtype), PRECISION, UPCAST, ACC)
             part = listing * blocks_per_chunk + key_block
             tl.store(DQ_PARTS + ((nr * length + query_slot[:, None]) * n_parts + part) * match_channels + dims[None, :],
                      dq_part, mask=query_mask[:, None] & dim_mask[None, :])
-        tl.store(DF_SLOT + (nr * padded_length + key_slot[None, :]) * CHUNK + query_in_chunk[:, None], dF)
+        tl.store(DLEARNED_SLOT + (nr * padded_length + key_slot[None, :]) * CHUNK + query_in_chunk[:, None], dlearned)
     tl.store(DKEY_SLOT + (nr * padded_length + key_slot[:, None]) * match_channels + dims[None, :], dkey,
              mask=dim_mask[None, :])
 
@@ -254,12 +254,12 @@ def _score_elements(n_batch, n_hashes, rows, chunk_size):
     return n_batch * n_hashes * rows * 3 * chunk_size
 
 
-def window_attn_bwd_plan(q, v, F, perm, inv, g, D, lse_max, lse_sum, chunk_size, precision="ieee", config=None):
+def window_attn_bwd_plan(q, v, learned, perm, inv, g, D, lse_max, lse_sum, chunk_size, precision="ieee", config=None):
     """Launches of `window_attn_bwd` (see there for the arguments) and their outputs.
 
     `config`: None (each kernel's from `pick_config` over DV_CONFIGS / DKDQ_CONFIGS) or
     {"dv": Config, "dkdq": Config}.
-    Returns (launches, outputs): outputs["dv"] [N, L, C], ["dF"] [N, L, l], ["dkey"] [N, L, c] and
+    Returns (launches, outputs): outputs["dv"] [N, L, C], ["dlearned"] [N, L, l], ["dkey"] [N, L, c] and
     ["dq"] [N, L, c] (query role only) in the accumulation dtype, filled by running the launches.
     FLOPs models (multiply-add = 2; padded block widths count): the dv kernel 2 (BLOCK_D + BLOCK_C),
     the dkdq kernel 2 (3 BLOCK_D + C rounded up to BLOCK_C) per score element of every slot t < Lp;
@@ -281,11 +281,11 @@ def window_attn_bwd_plan(q, v, F, perm, inv, g, D, lse_max, lse_sum, chunk_size,
                   UPCAST=q.device.type == "cpu" and q.dtype == torch.bfloat16)
     shape_args = dict(length=length, padded_length=padded_length, n_chunks=n_chunks, n_hashes=n_hashes,
                       match_channels=match_channels, value_channels=value_channels)
-    rows = dict(Q=q, F=F, G=g.contiguous(), PERM=perm, LSE_MAX=lse_max.to(acc_dtype).contiguous(),
+    rows = dict(Q=q, LEARNED=learned, G=g.contiguous(), PERM=perm, LSE_MAX=lse_max.to(acc_dtype).contiguous(),
                 LSE_SUM=lse_sum.to(acc_dtype).contiguous())
     dv_slot = torch.empty((n_batch, n_hashes, padded_length, 1, value_channels), **new)
     dkey_slot = torch.empty((n_batch, n_hashes, padded_length, 1, match_channels), **new)
-    dF_slot = torch.empty((n_batch, n_hashes, padded_length, 1, chunk_size), **new)
+    dlearned_slot = torch.empty((n_batch, n_hashes, padded_length, 1, chunk_size), **new)
     delta = D.to(acc_dtype).contiguous()
 
     def key_grid(cfg):
@@ -301,8 +301,8 @@ def window_attn_bwd_plan(q, v, F, perm, inv, g, D, lse_max, lse_sum, chunk_size,
     def dkdq_launch(cfg, dq_parts):
         block_c = cfg.kwargs["BLOCK_C"]
         return Launch(_window_attn_bwd_dkdq_kernel, key_grid(cfg),
-                      dict(**rows, V=v, DELTA=delta, DKEY_SLOT=dkey_slot, DF_SLOT=dF_slot, DQ_PARTS=dq_parts,
-                           **shape_args),
+                      dict(**rows, V=v, DELTA=delta, DKEY_SLOT=dkey_slot, DLEARNED_SLOT=dlearned_slot,
+                           DQ_PARTS=dq_parts, **shape_args),
                       dict(**common, **config_blocks(cfg)), num_warps=cfg.num_warps, num_stages=cfg.num_stages,
                       flops=2 * elements * (3 * block_d + triton.cdiv(value_channels, block_c) * block_c),
                       name="window_attn_bwd_dkdq")
@@ -326,13 +326,13 @@ def window_attn_bwd_plan(q, v, F, perm, inv, g, D, lse_max, lse_sum, chunk_size,
                              lambda cfg: run([dkdq_launch(cfg, dq_parts_for(cfg))])))
     dq_parts = dq_parts_for(config["dkdq"])
     outputs = {name: torch.empty((n_batch, length, width), **new)
-               for name, width in (("dv", value_channels), ("dF", chunk_size), ("dkey", match_channels),
+               for name, width in (("dv", value_channels), ("dlearned", chunk_size), ("dkey", match_channels),
                                    ("dq", match_channels))}
     launches = [
         dv_launch(config["dv"]),
         dkdq_launch(config["dkdq"], dq_parts),
         _fold_launch(dv_slot, inv, outputs["dv"], "window_attn_bwd_fold_dv"),
-        _fold_launch(dF_slot, inv, outputs["dF"], "window_attn_bwd_fold_dF"),
+        _fold_launch(dlearned_slot, inv, outputs["dlearned"], "window_attn_bwd_fold_dlearned"),
         _fold_launch(dkey_slot, inv, outputs["dkey"], "window_attn_bwd_fold_dkey"),
         _fold_launch(dq_parts, inv, outputs["dq"], "window_attn_bwd_fold_dq"),
     ]
@@ -345,11 +345,11 @@ def minimal_bwd_flops(n_batch, n_hashes, length, match_channels, value_channels,
     return 2 * _score_elements(n_batch, n_hashes, length, chunk_size) * (3 * match_channels + 2 * value_channels)
 
 
-def window_attn_bwd(q, v, F, perm, inv, g, D, lse_max, lse_sum, chunk_size, precision="ieee"):
-    """Gradients of the merged window attention w.r.t. q, v and F.
+def window_attn_bwd(q, v, learned, perm, inv, g, D, lse_max, lse_sum, chunk_size, precision="ieee"):
+    """Gradients of the merged window attention w.r.t. q, v and learned.
 
     Args:
-        q [N, L, c], v [N, L, C], F [N, L, l]: contiguous, one dtype (float32/bfloat16/float16;
+        q [N, L, c], v [N, L, C], learned [N, L, l]: contiguous, one dtype (float32/bfloat16/float16;
             float64 for gradcheck).
         perm [N, h, Lp] int32 and inv [N, h, L] int32 from the bucket sort (contiguous).
         g [N, L, C] (dtype of v): gradient of `out`; D [N, L] = rowsum(g * out) from `attention_grad_rows`.
@@ -358,11 +358,11 @@ def window_attn_bwd(q, v, F, perm, inv, g, D, lse_max, lse_sum, chunk_size, prec
         chunk_size: power of two, 16..256.
         precision: input precision of the float32 dots ("ieee", "tf32", "tf32x3").
     Returns:
-        dq [N, L, c], dv [N, L, C], dF [N, L, l] in the input dtype (float32 accumulation).
+        dq [N, L, c], dv [N, L, C], dlearned [N, L, l] in the input dtype (float32 accumulation).
     Saves nothing; the transient buffers are listed in the module docstring.
     Inputs are not validated here: the op layer (`dlsn.ops`) checks them.
     """
-    launches, out = window_attn_bwd_plan(q, v, F, perm, inv, g, D, lse_max, lse_sum, chunk_size, precision)
+    launches, out = window_attn_bwd_plan(q, v, learned, perm, inv, g, D, lse_max, lse_sum, chunk_size, precision)
     run(launches)
     dq = out["dq"] + _key_normalization_backward(q, out["dkey"])
-    return dq.to(q.dtype), out["dv"].to(v.dtype), out["dF"].to(F.dtype)
+    return dq.to(q.dtype), out["dv"].to(v.dtype), out["dlearned"].to(learned.dtype)

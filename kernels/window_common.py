@@ -8,7 +8,7 @@ normalised keys, the dot with its precision handling, and the score itself.
 For a query slot `t` (chunk `k = t // l`, `i = t mod l`) and a key slot `j` of its window:
 
     key_j = q[perm j] / max(||q[perm j]||_2, KEY_NORM_EPS)
-    s_tj  = q[perm t] . key_j + F[perm j, i]
+    s_tj  = q[perm t] . key_j + learned[perm j, i]
 
 The window of chunk `k` lists chunks k, k + 1, k - 1 (mod nC), in that order (the published order).
 """
@@ -33,17 +33,17 @@ def query_chunk_of_listing(key_chunk, listing, n_chunks):
 
 
 @triton.jit
-def round_rows(Q, V, F, PERM, nr, n_hashes, length, padded_length, match_channels, value_channels,
+def round_rows(Q, V, LEARNED, PERM, nr, n_hashes, length, padded_length, match_channels, value_channels,
                CHUNK: tl.constexpr):
-    """Pointers of program (batch x round) `nr` (int64): its perm row and batch n's rows of q, v, F.
+    """Pointers of program (batch x round) `nr` (int64): its perm row and batch n's rows of q, v, learned.
     Rows are `[L, width]` blocks of contiguous `[N, L, width]` tensors; `V` also serves any other
     `[N, L, C]` tensor (the backward's output gradient)."""
     n = nr // n_hashes
     perm_row = PERM + nr * padded_length
     q_rows = Q + n * length * match_channels
     v_rows = V + n * length * value_channels
-    f_rows = F + n * length * CHUNK
-    return n, perm_row, q_rows, v_rows, f_rows
+    learned_rows = LEARNED + n * length * CHUNK
+    return n, perm_row, q_rows, v_rows, learned_rows
 
 
 @triton.jit
@@ -72,10 +72,10 @@ def load_keys(q_rows, key_pos, dims, dim_mask, match_channels, ACC: tl.constexpr
 
 
 @triton.jit
-def window_scores(q, key, f_rows, key_pos, query_in_chunk, CHUNK: tl.constexpr,
+def window_scores(q, key, learned_rows, key_pos, query_in_chunk, CHUNK: tl.constexpr,
                   PRECISION: tl.constexpr, UPCAST: tl.constexpr, ACC: tl.constexpr):
-    """s [BLOCK_M, BLOCK_N] = q . key^T + F[key_pos, query_in_chunk] in ACC; the keys enter the dot
+    """s [BLOCK_M, BLOCK_N] = q . key^T + learned[key_pos, query_in_chunk] in ACC; the keys enter the dot
     rounded to q's dtype (the 16-bit dot's operand)."""
     scores = window_dot(q, tl.trans(key.to(q.dtype)), PRECISION, UPCAST, ACC)
-    scores += tl.load(f_rows + key_pos[None, :] * CHUNK + query_in_chunk[:, None]).to(ACC)
+    scores += tl.load(learned_rows + key_pos[None, :] * CHUNK + query_in_chunk[:, None]).to(ACC)
     return scores

@@ -19,16 +19,16 @@ def make_inputs(n, h, length, c, C, chunk_size, b, dtype, seed, zero_rows=2):
     q = torch.randn(n, length, c, generator=g, dtype=torch.float64).relu()
     q[:, :zero_rows] = 0  # zero queries: keys become 0 (the norm is clamped at KEY_NORM_EPS)
     v = torch.randn(n, length, C, generator=g, dtype=torch.float64)
-    F = torch.randn(n, length, chunk_size, generator=g, dtype=torch.float64)
+    learned = torch.randn(n, length, chunk_size, generator=g, dtype=torch.float64)
     codes = torch.randint(0, b, (n, h, length), generator=g)
     perm, _ = reference.sort_permutation(codes, chunk_size)
-    q, v, F = (t.to(device=DEVICE, dtype=dtype) for t in (q, v, F))
-    return q, v, F, perm.to(device=DEVICE, dtype=torch.int32)
+    q, v, learned = (t.to(device=DEVICE, dtype=dtype) for t in (q, v, learned))
+    return q, v, learned, perm.to(device=DEVICE, dtype=torch.int32)
 
 
-def run_kernel(q, v, F, perm, chunk_size, precision="ieee"):
+def run_kernel(q, v, learned, perm, chunk_size, precision="ieee"):
     """-> (O, lse in float64), after checking the launcher's output contract."""
-    O, round_max, round_sum = window_attn_fwd(q, v, F, perm, chunk_size, precision)
+    O, round_max, round_sum = window_attn_fwd(q, v, learned, perm, chunk_size, precision)
     n, h, _ = perm.shape
     stats_dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
     assert O.dtype == v.dtype and O.shape == (n, h, q.shape[1], v.shape[2])
@@ -54,18 +54,18 @@ SHAPES = [
 
 @pytest.mark.parametrize("n, h, length, c, C, chunk_size, b", SHAPES)
 def test_float32_matches_float64_reference(n, h, length, c, C, chunk_size, b):
-    q, v, F, perm = make_inputs(n, h, length, c, C, chunk_size, b, torch.float32, seed=length + C)
-    O, lse = run_kernel(q, v, F, perm, chunk_size)
-    ref_O, ref_lse = reference.window_attention(q.double(), v.double(), F.double(), perm.long(), chunk_size)
+    q, v, learned, perm = make_inputs(n, h, length, c, C, chunk_size, b, torch.float32, seed=length + C)
+    O, lse = run_kernel(q, v, learned, perm, chunk_size)
+    ref_O, ref_lse = reference.window_attention(q.double(), v.double(), learned.double(), perm.long(), chunk_size)
     assert max_error(O, ref_O) <= 1e-4 * ref_O.abs().max().item()
     assert max_error(lse, ref_lse) <= 1e-4 * ref_lse.abs().max().item()
 
 
 @pytest.mark.parametrize("n, h, length, c, C, chunk_size, b", [SHAPES[0], SHAPES[3]])
 def test_float64_matches_reference_exactly(n, h, length, c, C, chunk_size, b):
-    q, v, F, perm = make_inputs(n, h, length, c, C, chunk_size, b, torch.float64, seed=length)
-    O, lse = run_kernel(q, v, F, perm, chunk_size)
-    ref_O, ref_lse = reference.window_attention(q, v, F, perm.long(), chunk_size)
+    q, v, learned, perm = make_inputs(n, h, length, c, C, chunk_size, b, torch.float64, seed=length)
+    O, lse = run_kernel(q, v, learned, perm, chunk_size)
+    ref_O, ref_lse = reference.window_attention(q, v, learned, perm.long(), chunk_size)
     assert max_error(O, ref_O) <= 1e-12 * ref_O.abs().max().item()
     assert max_error(lse, ref_lse) <= 1e-12 * ref_lse.abs().max().item()
 
@@ -73,11 +73,11 @@ def test_float64_matches_reference_exactly(n, h, length, c, C, chunk_size, b):
 def test_large_scores_no_worse_than_float32_reference():
     # Scores near 1e4 round at ~1e-3 in float32 whatever the kernel does; the kernel must add nothing
     # to that (a float32 lse would add its own rounding on top).
-    q, v, F, perm = make_inputs(1, 2, 45, 12, 24, 16, 3, torch.float32, seed=5)
-    F = (F + 1e4).contiguous()
-    O, lse = run_kernel(q, v, F, perm, 16)
-    exact_O, exact_lse = reference.window_attention(q.double(), v.double(), F.double(), perm.long(), 16)
-    float32_O, float32_lse = reference.window_attention(q, v, F, perm.long(), 16)
+    q, v, learned, perm = make_inputs(1, 2, 45, 12, 24, 16, 3, torch.float32, seed=5)
+    learned = (learned + 1e4).contiguous()
+    O, lse = run_kernel(q, v, learned, perm, 16)
+    exact_O, exact_lse = reference.window_attention(q.double(), v.double(), learned.double(), perm.long(), 16)
+    float32_O, float32_lse = reference.window_attention(q, v, learned, perm.long(), 16)
     assert max_error(O, exact_O) <= 2 * max_error(float32_O, exact_O)
     assert max_error(lse, exact_lse) <= 2 * max_error(float32_lse, exact_lse)
 
@@ -85,9 +85,9 @@ def test_large_scores_no_worse_than_float32_reference():
 @pytest.mark.parametrize("precision", ["tf32", "tf32x3"])
 def test_precision_modes_run(precision):
     # The interpreter computes every mode in full float32 (PITFALLS.md); on a GPU tf32 is ~1e-3 relative.
-    q, v, F, perm = make_inputs(1, 2, 45, 12, 48, 16, 4, torch.float32, seed=3)
-    O, lse = run_kernel(q, v, F, perm, 16, precision)
-    ref_O, ref_lse = reference.window_attention(q.double(), v.double(), F.double(), perm.long(), 16)
+    q, v, learned, perm = make_inputs(1, 2, 45, 12, 48, 16, 4, torch.float32, seed=3)
+    O, lse = run_kernel(q, v, learned, perm, 16, precision)
+    ref_O, ref_lse = reference.window_attention(q.double(), v.double(), learned.double(), perm.long(), 16)
     tolerance = 1e-4 if DEVICE.type == "cpu" else 1e-2
     assert max_error(O, ref_O) <= tolerance * ref_O.abs().max().item()
     assert max_error(lse, ref_lse) <= tolerance * ref_lse.abs().max().item()
@@ -96,10 +96,10 @@ def test_precision_modes_run(precision):
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("n, h, length, c, C, chunk_size, b", [SHAPES[0], SHAPES[3], SHAPES[4]])
 def test_half_precision_no_worse_than_reference(n, h, length, c, C, chunk_size, b, dtype):
-    q, v, F, perm = make_inputs(n, h, length, c, C, chunk_size, b, dtype, seed=length)
-    O, lse = run_kernel(q, v, F, perm, chunk_size)
-    exact_O, exact_lse = reference.window_attention(q.double(), v.double(), F.double(), perm.long(), chunk_size)
-    same_dtype_O, same_dtype_lse = reference.window_attention(q, v, F, perm.long(), chunk_size)
+    q, v, learned, perm = make_inputs(n, h, length, c, C, chunk_size, b, dtype, seed=length)
+    O, lse = run_kernel(q, v, learned, perm, chunk_size)
+    exact_O, exact_lse = reference.window_attention(q.double(), v.double(), learned.double(), perm.long(), chunk_size)
+    same_dtype_O, same_dtype_lse = reference.window_attention(q, v, learned, perm.long(), chunk_size)
     assert max_error(O, exact_O) <= 2 * max_error(same_dtype_O, exact_O)
     assert max_error(lse, exact_lse) <= 2 * max_error(same_dtype_lse, exact_lse)
 
@@ -109,24 +109,24 @@ def test_half_precision_no_worse_than_reference(n, h, length, c, C, chunk_size, 
     (torch.bfloat16, "tf32", "ieee"), (torch.float16, "tf32x3", "ieee"), (torch.float64, "tf32", "ieee"),
 ])
 def test_precision_reaches_the_kernel(dtype, precision, expected):
-    q, v, F, perm = (torch.empty(shape, device="meta", dtype=dt) for shape, dt in [
+    q, v, learned, perm = (torch.empty(shape, device="meta", dtype=dt) for shape, dt in [
         ((2, 300, 12), dtype), ((2, 300, 48), dtype), ((2, 300, 64), dtype), ((2, 3, 320), torch.int32)])
-    (launch,), _ = window_attn_fwd_plan(q, v, F, perm, 64, precision)
+    (launch,), _ = window_attn_fwd_plan(q, v, learned, perm, 64, precision)
     assert launch.constexprs["PRECISION"] == expected
 
 
 def test_unknown_precision_is_an_error():
-    q, v, F, perm = make_inputs(1, 1, 16, 8, 16, 16, 1, torch.float32, seed=1)
+    q, v, learned, perm = make_inputs(1, 1, 16, 8, 16, 16, 1, torch.float32, seed=1)
     with pytest.raises(ValueError, match="precision must be"):
-        window_attn_fwd(q, v, F, perm, 16, "bf16")
+        window_attn_fwd(q, v, learned, perm, 16, "bf16")
 
 
 def test_non_contiguous_inputs_are_copied():
-    q, v, F, perm = make_inputs(1, 2, 40, 12, 24, 16, 3, torch.float32, seed=11)
+    q, v, learned, perm = make_inputs(1, 2, 40, 12, 24, 16, 3, torch.float32, seed=11)
     v_strided = v.transpose(1, 2).contiguous().transpose(1, 2)
-    F_strided = F.transpose(1, 2).contiguous().transpose(1, 2)
+    F_strided = learned.transpose(1, 2).contiguous().transpose(1, 2)
     strided = fused.triton_window_attention(q, v_strided, F_strided, perm, 16)
-    contiguous = fused.triton_window_attention(q, v, F, perm, 16)
+    contiguous = fused.triton_window_attention(q, v, learned, perm, 16)
     assert all(torch.equal(a, b) for a, b in zip(strided, contiguous))
 
 
@@ -134,19 +134,19 @@ def test_non_contiguous_inputs_are_copied():
 @pytest.mark.parametrize(
     "mutate, error, match",
     [
-        (lambda q, v, F, p: (q, v.half(), F, p, 16), TypeError, "must share one dtype"),
-        (lambda q, v, F, p: (q.double(), v, F, p, 16), TypeError, "q must have dtype"),
-        (lambda q, v, F, p: (q, v, F[..., :8], p, 16), ValueError, "learned must have shape"),
-        (lambda q, v, F, p: (q, v[:, :10], F, p, 16), ValueError, "v must have shape"),
-        (lambda q, v, F, p: (q, v, F, p[..., :16], 16), ValueError, "perm must have shape"),
-        (lambda q, v, F, p: (q, v, F, p.long(), 16), TypeError, "perm must have dtype"),
-        (lambda q, v, F, p: (q, v, F, p + 40, 16), ValueError, "perm must lie in \\[0, 40\\)"),
-        (lambda q, v, F, p: (q, v, F, p, 24), ValueError, "chunk_size must be a power of two"),
-        (lambda q, v, F, p: (q, v, F, p, 8), ValueError, "chunk_size must be a power of two"),
-        (lambda q, v, F, p: (q[0], v, F, p, 16), ValueError, "q must be 3-D"),
+        (lambda q, v, learned, p: (q, v.half(), learned, p, 16), TypeError, "must share one dtype"),
+        (lambda q, v, learned, p: (q.double(), v, learned, p, 16), TypeError, "q must have dtype"),
+        (lambda q, v, learned, p: (q, v, learned[..., :8], p, 16), ValueError, "learned must have shape"),
+        (lambda q, v, learned, p: (q, v[:, :10], learned, p, 16), ValueError, "v must have shape"),
+        (lambda q, v, learned, p: (q, v, learned, p[..., :16], 16), ValueError, "perm must have shape"),
+        (lambda q, v, learned, p: (q, v, learned, p.long(), 16), TypeError, "perm must have dtype"),
+        (lambda q, v, learned, p: (q, v, learned, p + 40, 16), ValueError, "perm must lie in \\[0, 40\\)"),
+        (lambda q, v, learned, p: (q, v, learned, p, 24), ValueError, "chunk_size must be a power of two"),
+        (lambda q, v, learned, p: (q, v, learned, p, 8), ValueError, "chunk_size must be a power of two"),
+        (lambda q, v, learned, p: (q[0], v, learned, p, 16), ValueError, "q must be 3-D"),
     ],
 )
 def test_bad_input_raises_before_launch(no_launch, mutate, error, match):
-    q, v, F, perm = make_inputs(1, 2, 40, 12, 24, 16, 3, torch.float32, seed=12)
+    q, v, learned, perm = make_inputs(1, 2, 40, 12, 24, 16, 3, torch.float32, seed=12)
     with pytest.raises(error, match=match):
-        fused.triton_window_attention(*mutate(q, v, F, perm))
+        fused.triton_window_attention(*mutate(q, v, learned, perm))

@@ -22,28 +22,28 @@ from dlsn.kernels.window_attention_bwd import window_attn_bwd, window_attn_bwd_p
 
 
 def make_inputs(n, h, length, c, C, chunk_size, b, seed, zero_rows=2, relu=True, scale=1.0):
-    """float64 q (ReLU'd as after conv_match, first rows zero, times `scale`), v, F, a random upstream
+    """float64 q (ReLU'd as after conv_match, first rows zero, times `scale`), v, learned, a random upstream
     gradient g, and perm/inv (int64)."""
     gen = torch.Generator().manual_seed(seed)
     q = torch.randn(n, length, c, generator=gen, dtype=torch.float64)
     q = (q.relu() if relu else q) * scale
     q[:, :zero_rows] = 0
     v = torch.randn(n, length, C, generator=gen, dtype=torch.float64)
-    F = torch.randn(n, length, chunk_size, generator=gen, dtype=torch.float64)
+    learned = torch.randn(n, length, chunk_size, generator=gen, dtype=torch.float64)
     g = torch.randn(n, length, C, generator=gen, dtype=torch.float64)
     codes = torch.randint(0, b, (n, h, length), generator=gen)
     perm, inv = reference.sort_permutation(codes, chunk_size)
-    return [t.to(DEVICE) for t in (q, v, F, g, perm, inv)]
+    return [t.to(DEVICE) for t in (q, v, learned, g, perm, inv)]
 
 
-def merge_stats(q, F, perm, inv, chunk_size, dtype):
+def merge_stats(q, learned, perm, inv, chunk_size, dtype):
     """(lse_max, lse_sum) [N, L] as the forward in `dtype` and the round merge form them: scores of q,
-    F and keys rounded to dtype (the dot's operands) accumulated in float32 (float64 for float64),
+    learned and keys rounded to dtype (the dot's operands) accumulated in float32 (float64 for float64),
     each round's row max m_r and row sum sum_j exp(s - m_r), merged per position."""
     acc = torch.float64 if dtype == torch.float64 else torch.float32
     n, h, lp = perm.shape
     length, n_chunks = q.shape[1], lp // chunk_size
-    q, F = q.to(dtype).to(acc), F.to(dtype).to(acc)
+    q, learned = q.to(dtype).to(acc), learned.to(dtype).to(acc)
     keys = (q / q.norm(dim=-1, keepdim=True).clamp_min(bwd.KEY_NORM_EPS)).to(dtype).to(acc)
 
     def chunks(rows):  # [N, h, nC, l, D] in sorted order
@@ -54,7 +54,7 @@ def merge_stats(q, F, perm, inv, chunk_size, dtype):
         rows = chunks(rows)
         return torch.cat([rows, rows.roll(-1, dims=2), rows.roll(1, dims=2)], dim=3)
 
-    scores = chunks(q) @ windows(keys).transpose(-1, -2) + windows(F).transpose(-1, -2)
+    scores = chunks(q) @ windows(keys).transpose(-1, -2) + windows(learned).transpose(-1, -2)
     round_max = scores.amax(-1)
     round_sum = torch.exp(scores - round_max[..., None]).sum(-1)
     round_max, round_sum = (x.reshape(n, h, lp)[:, :, :length].gather(2, inv) for x in (round_max, round_sum))
@@ -62,27 +62,27 @@ def merge_stats(q, F, perm, inv, chunk_size, dtype):
     return lse_max, (round_sum * torch.exp(round_max - lse_max[:, None])).sum(1)
 
 
-def reference_grads(q, v, F, g, perm, inv, chunk_size):
-    """(dq, dv, dF) of sum(out * g) by autograd of the reference, in the inputs' dtype; also out."""
-    leaves = [t.detach().requires_grad_() for t in (q, v, F)]
+def reference_grads(q, v, learned, g, perm, inv, chunk_size):
+    """(dq, dv, dlearned) of sum(out * g) by autograd of the reference, in the inputs' dtype; also out."""
+    leaves = [t.detach().requires_grad_() for t in (q, v, learned)]
     O, lse = reference.window_attention(*leaves, perm, chunk_size)
     out, _ = reference.scatter_back(O, lse, inv)
     grads = torch.autograd.grad((out * g.to(out.dtype)).sum(), leaves)
     return grads, out.detach()
 
 
-def kernel_args(q, v, F, g, perm, inv, out, chunk_size, dtype):
+def kernel_args(q, v, learned, g, perm, inv, out, chunk_size, dtype):
     """window_attn_bwd's arguments on inputs rounded to dtype, with D = rowsum(g * out) from the float64
     forward and the merge statistics of a forward in dtype."""
     acc = torch.float64 if dtype == torch.float64 else torch.float32
     D = (g.to(dtype).double() * out.double()).sum(-1)
-    lse_max, lse_sum = merge_stats(q, F, perm, inv, chunk_size, dtype)
-    return (q.to(dtype), v.to(dtype), F.to(dtype), perm.int(), inv.int(), g.to(dtype), D.to(acc),
+    lse_max, lse_sum = merge_stats(q, learned, perm, inv, chunk_size, dtype)
+    return (q.to(dtype), v.to(dtype), learned.to(dtype), perm.int(), inv.int(), g.to(dtype), D.to(acc),
             lse_max.to(acc), lse_sum.to(acc), chunk_size)
 
 
-def triton_grads(q, v, F, g, perm, inv, out, chunk_size, dtype):
-    return window_attn_bwd(*kernel_args(q, v, F, g, perm, inv, out, chunk_size, dtype))
+def triton_grads(q, v, learned, g, perm, inv, out, chunk_size, dtype):
+    return window_attn_bwd(*kernel_args(q, v, learned, g, perm, inv, out, chunk_size, dtype))
 
 
 SHAPES = [
@@ -100,10 +100,10 @@ SHAPES = [
 
 @pytest.mark.parametrize("n, h, length, c, C, chunk_size, b", SHAPES)
 def test_float32_matches_float64_autograd(n, h, length, c, C, chunk_size, b):
-    q, v, F, g, perm, inv = make_inputs(n, h, length, c, C, chunk_size, b, seed=length + C)
-    expected, out = reference_grads(q, v, F, g, perm, inv, chunk_size)
-    actual = triton_grads(q, v, F, g, perm, inv, out, chunk_size, torch.float32)
-    for name, a, e, source in zip(("dq", "dv", "dF"), actual, expected, (q, v, F)):
+    q, v, learned, g, perm, inv = make_inputs(n, h, length, c, C, chunk_size, b, seed=length + C)
+    expected, out = reference_grads(q, v, learned, g, perm, inv, chunk_size)
+    actual = triton_grads(q, v, learned, g, perm, inv, out, chunk_size, torch.float32)
+    for name, a, e, source in zip(("dq", "dv", "dlearned"), actual, expected, (q, v, learned)):
         assert a.dtype == torch.float32 and a.shape == source.shape, name
         assert rel_error(a, e) <= 1e-4, (name, rel_error(a, e))
 
@@ -111,19 +111,19 @@ def test_float32_matches_float64_autograd(n, h, length, c, C, chunk_size, b):
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("n, h, length, c, C, chunk_size, b", [SHAPES[0], SHAPES[3]])
 def test_half_precision_no_worse_than_reference(dtype, n, h, length, c, C, chunk_size, b):
-    q, v, F, g, perm, inv = make_inputs(n, h, length, c, C, chunk_size, b, seed=7 * length)
-    exact, out = reference_grads(q, v, F, g, perm, inv, chunk_size)
-    same_dtype, _ = reference_grads(q.to(dtype), v.to(dtype), F.to(dtype), g, perm, inv, chunk_size)
-    actual = triton_grads(q, v, F, g, perm, inv, out, chunk_size, dtype)
-    for name, a, r, e in zip(("dq", "dv", "dF"), actual, same_dtype, exact):
+    q, v, learned, g, perm, inv = make_inputs(n, h, length, c, C, chunk_size, b, seed=7 * length)
+    exact, out = reference_grads(q, v, learned, g, perm, inv, chunk_size)
+    same_dtype, _ = reference_grads(q.to(dtype), v.to(dtype), learned.to(dtype), g, perm, inv, chunk_size)
+    actual = triton_grads(q, v, learned, g, perm, inv, out, chunk_size, dtype)
+    for name, a, r, e in zip(("dq", "dv", "dlearned"), actual, same_dtype, exact):
         assert a.dtype == dtype, name
         assert rel_error(a, e) <= 2 * rel_error(r, e), (name, rel_error(a, e), rel_error(r, e))
 
 
-def forward_merge_stats(q, v, F, perm, inv, chunk_size):
+def forward_merge_stats(q, v, learned, perm, inv, chunk_size):
     """(lse_max, lse_sum) from the Triton forward's round_max / round_sum, merged per position as
     the round merge does: the scores the backward recomputes are bitwise those of the forward."""
-    _, round_max, round_sum = window_attn_fwd(q, v, F, perm, chunk_size)
+    _, round_max, round_sum = window_attn_fwd(q, v, learned, perm, chunk_size)
     round_max, round_sum = round_max.gather(2, inv.long()), round_sum.gather(2, inv.long())
     lse_max = round_max.amax(1)
     return lse_max, (round_sum * torch.exp(round_max - lse_max[:, None])).sum(1)
@@ -134,14 +134,14 @@ def test_nearly_one_hot_softmax_keeps_float32_accuracy():
     forward's statistics, P = exp(s - lse_max) / lse_sum keeps every gradient within twice the float32
     reference's error; the same kernels given LSE rounded to float32 (lse_max = LSE, lse_sum = 1) are
     off by |LSE| 2^-24 in every exponent, which the check on dv catches."""
-    q, v, F, g, perm, inv = make_inputs(1, 3, 90, 8, 16, 32, 2, seed=5, relu=False, scale=48.0)
+    q, v, learned, g, perm, inv = make_inputs(1, 3, 90, 8, 16, 32, 2, seed=5, relu=False, scale=48.0)
     assert 150 < q.norm(dim=-1).max() < 250
-    exact, out = reference_grads(q, v, F, g, perm, inv, 32)
-    float32_reference, _ = reference_grads(q.float(), v.float(), F.float(), g, perm, inv, 32)
-    args = list(kernel_args(q, v, F, g, perm, inv, out, 32, torch.float32))
+    exact, out = reference_grads(q, v, learned, g, perm, inv, 32)
+    float32_reference, _ = reference_grads(q.float(), v.float(), learned.float(), g, perm, inv, 32)
+    args = list(kernel_args(q, v, learned, g, perm, inv, out, 32, torch.float32))
     lse_max, lse_sum = args[7], args[8] = forward_merge_stats(*args[:4], inv, 32)
     actual = window_attn_bwd(*args)
-    for name, a, r, e in zip(("dq", "dv", "dF"), actual, float32_reference, exact):
+    for name, a, r, e in zip(("dq", "dv", "dlearned"), actual, float32_reference, exact):
         assert rel_error(a, e) <= 2 * rel_error(r, e), (name, rel_error(a, e), rel_error(r, e))
     args[7], args[8] = lse_max + lse_sum.log(), torch.ones_like(lse_sum)
     rounded_lse_dv = window_attn_bwd(*args)[1]
@@ -150,20 +150,20 @@ def test_nearly_one_hot_softmax_keeps_float32_accuracy():
 
 def test_zero_queries_take_the_clamped_norm_branch():
     """All queries zero but one: keys are q / 5e-5, their gradient is dkey / 5e-5."""
-    q, v, F, g, perm, inv = make_inputs(1, 2, 20, 8, 16, 16, 2, seed=3, zero_rows=19)
-    expected, out = reference_grads(q, v, F, g, perm, inv, 16)
-    actual = triton_grads(q, v, F, g, perm, inv, out, 16, torch.float32)
+    q, v, learned, g, perm, inv = make_inputs(1, 2, 20, 8, 16, 16, 2, seed=3, zero_rows=19)
+    expected, out = reference_grads(q, v, learned, g, perm, inv, 16)
+    actual = triton_grads(q, v, learned, g, perm, inv, out, 16, torch.float32)
     assert expected[0][:, :19].abs().max() > 0  # the zero rows do receive gradient
-    for name, a, e in zip(("dq", "dv", "dF"), actual, expected):
+    for name, a, e in zip(("dq", "dv", "dlearned"), actual, expected):
         assert rel_error(a, e) <= 1e-4, (name, rel_error(a, e))
 
 
 def test_every_config_of_the_lists_is_correct():
     """Each candidate config that fits chunk 32 (not only the first, which the interpreter picks)
     gives the right gradients; the dv and dkdq lists are walked side by side."""
-    q, v, F, g, perm, inv = make_inputs(1, 2, 70, 8, 24, 32, 3, seed=13)
-    expected, out = reference_grads(q, v, F, g, perm, inv, 32)
-    args = kernel_args(q, v, F, g, perm, inv, out, 32, torch.float32)
+    q, v, learned, g, perm, inv = make_inputs(1, 2, 70, 8, 24, 32, 3, seed=13)
+    expected, out = reference_grads(q, v, learned, g, perm, inv, 32)
+    args = kernel_args(q, v, learned, g, perm, inv, out, 32, torch.float32)
     dv_configs = [cfg for table in bwd.DV_CONFIGS.values() for cfg in table]
     dkdq_configs = [cfg for table in bwd.DKDQ_CONFIGS.values() for cfg in table]
     fitting = [[cfg for cfg in table if max(cfg.kwargs["BLOCK_N"], cfg.kwargs["BLOCK_M"]) <= 32]
@@ -174,7 +174,7 @@ def test_every_config_of_the_lists_is_correct():
         launches, grads = window_attn_bwd_plan(*args, config=config)
         run(launches)
         dq = grads["dq"] + bwd._key_normalization_backward(args[0], grads["dkey"])
-        for name, a, e in zip(("dq", "dv", "dF"), (dq, grads["dv"], grads["dF"]), expected):
+        for name, a, e in zip(("dq", "dv", "dlearned"), (dq, grads["dv"], grads["dlearned"]), expected):
             assert rel_error(a, e) <= 1e-4, (name, config)
 
 
@@ -209,9 +209,9 @@ def test_results_do_not_depend_on_program_or_launch_order(request):
     """Bitwise-equal gradients when every launch runs its programs in reverse order and the two
     kernels and the four folds launch in another order (test_gla_triton_grad shows that the reversal
     exposes an order-dependent reduction)."""
-    q, v, F, g, perm, inv = make_inputs(2, 3, 40, 8, 16, 16, 2, seed=11)
-    _, out = reference_grads(q, v, F, g, perm, inv, 16)
-    args = kernel_args(q, v, F, g, perm, inv, out, 16, torch.float32)
+    q, v, learned, g, perm, inv = make_inputs(2, 3, 40, 8, 16, 16, 2, seed=11)
+    _, out = reference_grads(q, v, learned, g, perm, inv, 16)
+    args = kernel_args(q, v, learned, g, perm, inv, out, 16, torch.float32)
     launches, first = window_attn_bwd_plan(*args)
     run(launches)
     request.getfixturevalue("reversed_program_order")
@@ -226,20 +226,21 @@ class _ReferenceForwardTritonBackward(torch.autograd.Function):
     finite differences of the reference."""
 
     @staticmethod
-    def forward(ctx, q, v, F, perm, inv, chunk_size):
-        O, lse = reference.window_attention(q, v, F, perm, chunk_size)
+    def forward(ctx, q, v, learned, perm, inv, chunk_size):
+        O, lse = reference.window_attention(q, v, learned, perm, chunk_size)
         out, _ = reference.scatter_back(O, lse, inv)
-        ctx.save_for_backward(q, v, F, perm, inv, out, *merge_stats(q, F, perm, inv, chunk_size, q.dtype))
+        ctx.save_for_backward(q, v, learned, perm, inv, out, *merge_stats(q, learned, perm, inv, chunk_size, q.dtype))
         ctx.chunk_size = chunk_size
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        q, v, F, perm, inv, out, lse_max, lse_sum = ctx.saved_tensors
+        q, v, learned, perm, inv, out, lse_max, lse_sum = ctx.saved_tensors
         grad_out = grad_out.contiguous()
         D = (grad_out * out).sum(-1)
-        dq, dv, dF = window_attn_bwd(q, v, F, perm.int(), inv.int(), grad_out, D, lse_max, lse_sum, ctx.chunk_size)
-        return dq, dv, dF, None, None, None
+        dq, dv, dlearned = window_attn_bwd(q, v, learned, perm.int(), inv.int(), grad_out, D, lse_max, lse_sum,
+                                           ctx.chunk_size)
+        return dq, dv, dlearned, None, None, None
 
 
 @pytest.mark.parametrize("length, h, fast_mode", [(5, 1, False), (20, 2, True)])
@@ -248,10 +249,10 @@ def test_gradcheck_float64(length, h, fast_mode):
     them 2e4 times as far and the difference quotient is meaningless (the clamped branch is checked
     against autograd above). The full Jacobian for L = 5; fast_mode (random projections of the
     Jacobian) for L = 20, whose full check takes ~100 s under the interpreter."""
-    q, v, F, _, perm, inv = make_inputs(1, h, length, 4, 6, 16, 2, seed=length, zero_rows=0, relu=False)
-    leaves = [t.requires_grad_() for t in (q, v, F)]
+    q, v, learned, _, perm, inv = make_inputs(1, h, length, 4, 6, 16, 2, seed=length, zero_rows=0, relu=False)
+    leaves = [t.requires_grad_() for t in (q, v, learned)]
     assert torch.autograd.gradcheck(
-        lambda q, v, F: _ReferenceForwardTritonBackward.apply(q, v, F, perm, inv, 16), leaves,
+        lambda q, v, learned: _ReferenceForwardTritonBackward.apply(q, v, learned, perm, inv, 16), leaves,
         eps=1e-6, atol=1e-7, rtol=1e-5, fast_mode=fast_mode)
 
 
