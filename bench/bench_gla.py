@@ -9,7 +9,7 @@ Providers (the whole layer: embeddings + attention core, fixed eval rotations):
 - triton: `layer.embed` + `dlsn.ops.fused.gla_attention` (forward, and forward+backward).
 - flex: `layer.embed`, reference hash + sort, then `torch.nn.attention.flex_attention` on the sorted
   sequences (heads = rounds), a block mask for the 3-chunk window, a `score_mod` adding
-  `F[key, query slot in chunk]` (and log multiplicity of duplicated chunks when nC < 3), `scale=1`,
+  `learned[key, query slot in chunk]` (and log multiplicity of duplicated chunks when nC < 3), `scale=1`,
   `return_lse`, then the reference round merge. Compiled with `torch.compile` on CUDA.
 """
 import harness
@@ -73,13 +73,13 @@ class FlexCore:
             self.masks[key] = (block, log_mult, n_chunks)
         return self.masks[key]
 
-    def __call__(self, q, v, F, rotations, chunk, x, res_scale):
+    def __call__(self, q, v, learned, rotations, chunk, x, res_scale):
         codes = reference.hash_codes(q.detach(), rotations)
         perm, inv = reference.sort_permutation(codes, chunk)
         padded = perm.shape[2]
         length = q.shape[1]
         keys = q / q.norm(dim=-1, keepdim=True).clamp_min(KEY_NORM_EPS)
-        q_s, k_s, v_s, f_s = (sorted_rows(t, perm) for t in (q, keys, v, F))
+        q_s, k_s, v_s, f_s = (sorted_rows(t, perm) for t in (q, keys, v, learned))
         block, log_mult, n_chunks = self.window(padded, chunk, q.device)
 
         def score_mod(score, b, h, q_idx, kv_idx):
@@ -100,9 +100,9 @@ def check_flex(device, recorder):
         x = torch.randn(1, 32, size, size, device=device)
         rotations = layer.rotations_for(size * size, device)
         with torch.no_grad():
-            q, v, F = layer.embed(x)
-            want = reference.gla_core(q.double(), v.double(), F.double(), rotations.double(), 16, x.double(), 1.0)
-            got = FlexCore(device, compiled=False)(q, v, F, rotations, 16, x, 1.0)
+            q, v, learned = layer.embed(x)
+            want = reference.gla_core(q.double(), v.double(), learned.double(), rotations.double(), 16, x.double(), 1.0)
+            got = FlexCore(device, compiled=False)(q, v, learned, rotations, 16, x, 1.0)
         error = ((got.double() - want).norm() / want.norm()).item()
         n_chunks = -(-size * size // 16)
         block_rows = FlexCore(device, compiled=False).window(n_chunks * 16, 16, device)[0].to_dense()[0, 0].cpu()
@@ -117,8 +117,8 @@ def validate_flex(layer, x, rotations, flex):
     """Relative error of the (compiled) flex layer output against the reference layer at this shape."""
     with torch.no_grad():
         want = layer(x, rotations).double()
-        q, v, F = layer.embed(x)
-        got = flex(q, v, F, rotations, layer.chunk_size, x, layer.res_scale).double()
+        q, v, learned = layer.embed(x)
+        got = flex(q, v, learned, rotations, layer.chunk_size, x, layer.res_scale).double()
     return ((got - want).norm() / want.norm()).item()
 
 

@@ -93,7 +93,7 @@ def attention_weights(layer: GLA, x: torch.Tensor, queries, rotations=None, lear
     if not learned_term:
         scores = dot
     else:
-        # F of the KEY at the query's offset i within its chunk, read straight from the [N, L, l] rows.
+        # The learned term of the KEY at the query's offset i within its chunk, read straight from the [N, L, l] rows.
         offset = (slot % chunk).unsqueeze(-1)
         term = learned.reshape(n, -1).gather(1, (key_pos * chunk + offset).reshape(n, -1)).reshape(dot.shape)
         # A layer with similarity="learned" attends with the learnable term alone.

@@ -5,7 +5,7 @@ The estimate (``forward_bytes``) counts the tensors alive at the two peaks of a 
 per LR pixel of the input:
 
 * inside a GLA layer: the feature maps held for the residuals (network input, group input, layer
-  input: ``3C``), the embeddings (``q`` c, ``v`` C, ``F`` l) and the attention's working set. The
+  input: ``3C``), the embeddings (``q`` c, ``v`` C, ``learned`` l) and the attention's working set. The
   reference backend materialises, per hash round, the query chunk (c), the 3-chunk key/value/learned
   windows (``3c + 3C + 3l``), the scores and two same-sized temporaries of the softmax (``9l``) and
   its output (C): ``h (4c + 4C + 12l)``. The fused Triton backend keeps only the per-round outputs and
