@@ -97,7 +97,7 @@ def attention_weights(layer: GLA, x: torch.Tensor, queries, rotations=None, lear
         offset = (slot % chunk).unsqueeze(-1)
         term = learned.reshape(n, -1).gather(1, (key_pos * chunk + offset).reshape(n, -1)).reshape(dot.shape)
         # A layer with similarity="learned" attends with the learnable term alone.
-        scores = term if getattr(layer, "similarity", "both") == "learned" else dot + term
+        scores = term if layer.similarity == "learned" else dot + term
     round_lse = torch.logsumexp(scores, dim=-1)                 # [N, h, Q]
     merged = torch.softmax(scores, dim=-1) * torch.softmax(round_lse, dim=1).unsqueeze(-1)
     weights = torch.zeros(n, q_count, length, dtype=merged.dtype, device=x.device)
