@@ -17,19 +17,6 @@ from dlsn import GLA, reference
 PAIRS = (("triton", "reference"), ("triton", "torch.sort"), ("triton", "torch.argsort"))
 
 
-def fused_stages(device):
-    """The public stage functions of `dlsn.ops.fused` and the custom ops `torch.ops.dlsn.gla_attention_fwd`
-    / `gla_attention_bwd` it registers (the backward stage), or (None, why not)."""
-    ready, reason = harness.interpreter_ready(device)
-    if not ready:
-        return None, reason
-    try:
-        from dlsn.ops import fused
-    except ImportError as error:
-        return None, f"dlsn.ops.fused not importable: {error}"
-    return fused, ""
-
-
 def scatter_stage(device):
     """`dlsn.ops.scatter.scatter_back` where the extension runs on `device`, else (None, why not)."""
     from dlsn.ops.scatter import scatter_back
@@ -52,7 +39,7 @@ def main(argv=None):
     else:
         channels, chunk, cases = 256, 128, [(16, 48, 48), (1, 256, 256)]
         dtypes = (torch.float32, torch.bfloat16)
-    fused, fused_reason = fused_stages(device)
+    fused, fused_reason = harness.fused_ops(device)
     scatter_back, scatter_reason = scatter_stage(device)
     torch.manual_seed(0)
     layer = GLA(channels, chunk_size=chunk, backend="reference").to(device).eval()

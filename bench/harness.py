@@ -153,16 +153,23 @@ def measure_ceilings(device, smoke):
     return {"copy_gbps": 2 * n_bytes / copy_ms / 1e6, "bf16_tflops": 2 * size**3 / mm_ms / 1e9}
 
 
-def fused_gla_attention(device):
-    """(`dlsn.ops.fused.gla_attention`, "") where the fused kernels run on `device`, else (None, why)."""
+def fused_ops(device):
+    """(`dlsn.ops.fused`, "") where the fused kernels run on `device`, else (None, why): the stage
+    functions, `gla_attention`, and the custom ops `torch.ops.dlsn.gla_attention_fwd/bwd` it registers."""
     ready, reason = interpreter_ready(device)
     if not ready:
         return None, reason
     try:
-        from dlsn.ops.fused import gla_attention
+        from dlsn.ops import fused
     except ImportError as error:
         return None, f"dlsn.ops.fused not importable: {error}"
-    return gla_attention, ""
+    return fused, ""
+
+
+def fused_gla_attention(device):
+    """(`dlsn.ops.fused.gla_attention`, "") where the fused kernels run on `device`, else (None, why)."""
+    fused, reason = fused_ops(device)
+    return (fused.gla_attention if fused is not None else None), reason
 
 
 def layer_call(provider, layer, x, rotations, backward, autocast, core):

@@ -217,26 +217,13 @@ class GLA(nn.Module):
         if rotations is None:
             rotations = self.rotations_for(x.shape[2] * x.shape[3], x.device)
         q, v, learned = self.embed(x)
-        if self.similarity == "learned":
-            return self._learned_only(q, v, learned, rotations, x, backend)
+        # similarity="learned": positions are hashed by their queries but attend with zero ones (keys
+        # normalise to zero too), so every score is the learnable term alone; `q * 0` keeps
+        # conv_match in the graph with a zero gradient (no unused parameters under DDP).
+        attention_q = q * 0 if self.similarity == "learned" else q
         if backend == "triton":
             from .ops.fused import gla_attention
 
-            return gla_attention(q, v, learned, rotations, self.chunk_size, x, self.res_scale,
-                                 precision=self.kernel_precision())
-        return reference.gla_core(q, v, learned, rotations, self.chunk_size, x, self.res_scale)
-
-    def _learned_only(self, q, v, learned, rotations, x, backend):
-        """similarity="learned": hash and sort by the real queries, attend with zero queries (keys
-        normalise to zero too), so every score is the learnable term alone. `q * 0` keeps
-        `conv_match` in the graph with a zero gradient (no unused parameters under DDP)."""
-        zero_queries = q * 0
-        if backend == "triton":
-            from .ops.fused import sorted_attention, triton_hash, triton_sort
-
-            codes = triton_hash(q.detach(), rotations)
-            perm, inv = triton_sort(codes, rotations.shape[2], self.chunk_size, check_range=False)
-            return sorted_attention(zero_queries, v, learned, perm, inv, x, self.chunk_size, self.res_scale,
-                                    precision=self.kernel_precision())
-        perm, inv = reference.sort_permutation(reference.hash_codes(q, rotations), self.chunk_size)
-        return reference.sorted_attention(zero_queries, v, learned, perm, inv, x, self.chunk_size, self.res_scale)
+            return gla_attention(attention_q, v, learned, rotations, self.chunk_size, x, self.res_scale,
+                                 precision=self.kernel_precision(), hash_q=q)
+        return reference.gla_core(attention_q, v, learned, rotations, self.chunk_size, x, self.res_scale, hash_q=q)

@@ -100,15 +100,11 @@ def scatter_back(O, lse, inv):
     return out, torch.logsumexp(lse_pos, dim=1)
 
 
-def sorted_attention(q, v, learned, perm, inv, x, chunk_size, res_scale):
-    """Attend, scatter back and add the residual for given slots (perm, inv) -> y [N, C, H, W]."""
+def gla_core(q, v, learned, rotations, chunk_size, x, res_scale, hash_q=None):
+    """Everything after the embeddings: hash, sort, attend, scatter back, residual -> y [N, C, H, W].
+    `hash_q` (default: q) are the queries the positions are hashed by."""
+    perm, inv = sort_permutation(hash_codes(q if hash_q is None else hash_q, rotations), chunk_size)
     O, lse = window_attention(q, v, learned, perm, chunk_size)
     out, _ = scatter_back(O, lse, inv)
     n, channels, height, width = x.shape
     return out.transpose(1, 2).reshape(n, channels, height, width) * res_scale + x
-
-
-def gla_core(q, v, learned, rotations, chunk_size, x, res_scale):
-    """Everything after the embeddings: hash, sort, attend, scatter back, residual -> y [N, C, H, W]."""
-    perm, inv = sort_permutation(hash_codes(q, rotations), chunk_size)
-    return sorted_attention(q, v, learned, perm, inv, x, chunk_size, res_scale)

@@ -19,7 +19,7 @@ from conftest import DEVICE, rel_error
 
 import dlsn
 from dlsn import reference
-from dlsn.ops.fused import sorted_attention
+from dlsn.ops.fused import gla_attention, sorted_attention
 
 
 def make_gla(C, chunk_size, h, seed):
@@ -210,7 +210,7 @@ def test_dlsn_optimiser_steps_track_reference():
         torch.testing.assert_close(fused_params[name], param, rtol=1e-4, atol=1e-5, msg=name)
 
 
-def test_bad_input_raises_before_launch():
+def test_bad_input_raises_before_launch(no_launch):
     q = torch.zeros(1, 20, 4, device=DEVICE)
     v = torch.zeros(1, 20, 16, device=DEVICE)
     learned = torch.zeros(1, 20, 16, device=DEVICE)
@@ -225,6 +225,9 @@ def test_bad_input_raises_before_launch():
         sorted_attention(q, v, learned, perm, inv, x[:, :8], 16, 1.0)
     with pytest.raises(ValueError, match="chunk_size"):
         sorted_attention(q, v, learned, perm, inv, x, 24, 1.0)
+    rotations = torch.zeros(2, 4, 2, device=DEVICE)
+    with pytest.raises(ValueError, match=r"hash_q must have shape \[N, L, c\] of q"):
+        gla_attention(q, v, learned, rotations, 16, x, 1.0, hash_q=q[:, :10])
 
 
 def test_opcheck_forward_and_backward_ops():

@@ -311,7 +311,7 @@ def sorted_attention(q, v, learned, perm, inv, x, chunk_size, res_scale, precisi
     return _attend(q, v, learned, perm, inv, x, chunk_size, res_scale, precision)
 
 
-def gla_attention(q, v, learned, rotations, chunk_size, x, res_scale, precision="ieee"):
+def gla_attention(q, v, learned, rotations, chunk_size, x, res_scale, precision="ieee", hash_q=None):
     """GLA after the embeddings on the fused kernels: hash, sort, attend, scatter back, residual.
 
     Args:
@@ -322,14 +322,22 @@ def gla_attention(q, v, learned, rotations, chunk_size, x, res_scale, precision=
         x [N, C, H, W], H * W = L: the residual, any float dtype; differentiable.
         res_scale: float.
         precision: "ieee", "tf32" or "tf32x3": how float32 dots run in the attention kernels.
+        hash_q: [N, L, c] queries the positions are hashed by (default: q; `GLA(similarity="learned")`
+            hashes by the real queries and attends with zero ones).
     Returns:
         y [N, C, H, W] (v's dtype when x has it, else the promoted dtype); equals
-        `dlsn.reference.gla_core` with the same rotations. Hashing runs on detached q: the codes
-        are constants of the graph.
+        `dlsn.reference.gla_core` with the same rotations. Hashing runs on detached queries: the
+        codes are constants of the graph.
     """
     device = _check_attention_inputs(q, v, learned, x, chunk_size, res_scale, precision)
-    _check_rotations(rotations, q)
+    if hash_q is None:
+        hash_q = q
+    else:
+        _check_tensor("hash_q", hash_q, 3, FLOAT_DTYPES)
+        _check_device([("q", q), ("hash_q", hash_q)])
+        _check_shape("hash_q", hash_q, q.shape, "[N, L, c] of q")
+    _check_rotations(rotations, hash_q)
     with _launch_device(device):
-        codes = sblsh_hash_fwd(q.detach().contiguous(), rotations.to(torch.float32).contiguous())
+        codes = sblsh_hash_fwd(hash_q.detach().contiguous(), rotations.to(torch.float32).contiguous())
         perm, inv = bucket_sort_fwd(codes, rotations.shape[2], chunk_size)
     return _attend(q, v, learned, perm, inv, x, chunk_size, res_scale, precision)
