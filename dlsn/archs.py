@@ -36,7 +36,8 @@ import torch
 from torch import nn
 
 from .gla import GLA
-from .model import DIV2K_RGB_MEAN, DLSN, SUPPORTED_SCALES, MeanShift, Upsampler, default_conv, unwrap_state_dict
+from .model import (DIV2K_RGB_MEAN, DLSN, SUPPORTED_SCALES, MeanShift, Upsampler, _positive_rounds, default_conv,
+                    unwrap_state_dict)
 
 __all__ = ["ARCHS", "ARCH_FIELDS", "EDSR", "RCAN", "FSRCNN", "build_model", "load_backbone", "detect_arch", "load_arch_model"]
 
@@ -76,9 +77,7 @@ class _GLAInserts(nn.Module):
     def set_n_hashes(self, n_hashes, training=False):
         """Use `n_hashes` hash rounds in eval mode (or in training mode with `training=True`) in every
         GLA layer, as `DLSN.set_n_hashes`; the weights are untouched. Returns the model."""
-        if not isinstance(n_hashes, int) or isinstance(n_hashes, bool) or n_hashes < 1:
-            raise ValueError(f"the number of hash rounds must be a positive integer, got {n_hashes!r}")
-        self._rounds[bool(training)] = n_hashes
+        self._rounds[bool(training)] = _positive_rounds(n_hashes)
         return self.train(self.training)
 
     def train(self, mode=True):
