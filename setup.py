@@ -47,9 +47,9 @@ setup(
     name="dlsn",
     version="0.1.0",
     description="DLSN / Global Learnable Attention for super-resolution with fused Triton kernels",
-    packages=["dlsn", "dlsn.ops", "dlsn.kernels"],
+    packages=["dlsn", "dlsn.ops", "dlsn.nn", "dlsn.models", "dlsn.sr", "dlsn.kernels"],
     package_dir={"dlsn": "dlsn", "dlsn.kernels": "kernels"},
-    package_data={"dlsn": ["configs/*.yaml"]},
+    package_data={"dlsn.sr": ["configs/*.yaml"]},
     python_requires=">=3.9",
     install_requires=[
         "torch>=2.4",
@@ -64,7 +64,7 @@ setup(
         "test": ["pytest"],
         "demo": ["scikit-image"],
     },
-    entry_points={"console_scripts": ["dlsn = dlsn.cli:main"]},
+    entry_points={"console_scripts": ["dlsn = dlsn.sr.cli:main"]},
     ext_modules=_extensions(),
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
 )

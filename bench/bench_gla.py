@@ -15,7 +15,8 @@ Providers (the whole layer: embeddings + attention core, fixed eval rotations):
 import harness
 import torch
 
-from dlsn import GLA, reference
+from dlsn import GLA
+from dlsn.ops import reference
 from dlsn.kernels.constants import KEY_NORM_EPS
 
 PAIRS = (("triton", "reference"), ("triton", "flex"))

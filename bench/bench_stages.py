@@ -4,7 +4,7 @@ attention backward; the counting sort against torch.sort / torch.argsort on the 
 Full run: the training shape (batch 16, 48x48, C=256, c=64, l=128, h=3) and 256x256 (batch 1),
 float32 and bfloat16 embeddings. `--smoke`: tiny shapes on the CPU (Triton under TRITON_INTERPRET=1).
 
-Every stage runs on the same inputs for each provider: `reference` (dlsn.reference stage functions),
+Every stage runs on the same inputs for each provider: `reference` (dlsn.ops.reference stage functions),
 `triton` (dlsn.ops.fused stage functions; scatter-back from the extension, dlsn.ops.scatter; the
 backward is the custom op torch.ops.dlsn.gla_attention_bwd that dlsn.ops.fused registers),
 `torch.sort` / `torch.argsort` (stable, on the hash codes; sort only).
@@ -12,7 +12,8 @@ backward is the custom op torch.ops.dlsn.gla_attention_bwd that dlsn.ops.fused r
 import harness
 import torch
 
-from dlsn import GLA, reference
+from dlsn import GLA
+from dlsn.ops import reference
 
 PAIRS = (("triton", "reference"), ("triton", "torch.sort"), ("triton", "torch.argsort"))
 

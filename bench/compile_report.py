@@ -35,8 +35,6 @@ import sys
 import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
 
 # Compiling needs real JIT functions: the CPU interpreter (TRITON_INTERPRET=1) replaces them.
 if __name__ == "__main__":
@@ -48,7 +46,7 @@ import torch  # noqa: E402
 import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 
-from kernels import bucket_sort, hash as hash_kernels, window_attention, window_attention_bwd  # noqa: E402
+from dlsn.kernels import bucket_sort, hash as hash_kernels, window_attention, window_attention_bwd  # noqa: E402
 
 RESULTS = os.path.join(ROOT, "bench", "results", "compile")
 
@@ -97,7 +95,7 @@ SHAPES = {
     "training": Shape(16, 48, 48, 256, 64, 128, 3, 18, "DLSN training batch: 16 LR patches of 48x48"),
     "inference": Shape(1, 512, 512, 256, 64, 128, 3, 128, "one 512x512 LR image"),
     "demo": Shape(16, 32, 32, 48, 12, 64, 2, 16,
-                  "dlsn/configs/demo.yaml: n_feats 48, reduction 4, chunk 64, 2 rounds, batch 16 of 32x32 LR patches"),
+                  "dlsn/sr/configs/demo.yaml: n_feats 48, reduction 4, chunk 64, 2 rounds, batch 16 of 32x32 LR patches"),
 }
 
 # ---- minimal FLOPs of the algorithm (a multiply-add counts 2) ------------------------------------

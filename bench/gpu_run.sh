@@ -39,7 +39,7 @@ $PY -c "import torch, triton; print('torch', torch.__version__, 'cuda', torch.ve
 
 # Build for sm_90 only (one arch keeps the extension build short); no dependencies fetched.
 [ -z "${DLSN_SKIP_BUILD:-}" ] && step build 110 env TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=16 $PY -m pip install --no-build-isolation --no-deps -e .
-$PY -c "import dlsn, dlsn._extension as e; print('extension built:', e.extension_available())"
+$PY -c "import dlsn, dlsn.ops.extension as e; print('extension built:', e.extension_available())"
 
 # Kernel tests, natively (whichever of these exist).
 TESTS=""

@@ -23,8 +23,8 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is imported: the CPU has no other way
 
-from dlsn import reference  # noqa: E402
-from dlsn.hashing import n_buckets, sblsh_rotations  # noqa: E402
+from dlsn.ops import reference  # noqa: E402
+from dlsn.nn.hashing import n_buckets, sblsh_rotations  # noqa: E402
 
 MODES = ("ieee", "tf32", "tf32x3")
 

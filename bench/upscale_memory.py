@@ -1,4 +1,4 @@
-"""Wall time and peak memory of one whole-image x2 upscale on the CPU, next to `dlsn.tiling`'s estimate.
+"""Wall time and peak memory of one whole-image x2 upscale on the CPU, next to `dlsn.sr.tiling`'s estimate.
 
 One measurement per process (peak RSS cannot be reset between models otherwise):
 
@@ -9,7 +9,7 @@ Input: the top-left SxS crop of Set5 `baby` (`--image` to change), seeded random
 size, float32, reference GLA backend, border padding as `dlsn upscale` does (8 LR pixels). Prints one
 JSON line: wall time of `upscale_tensor`, the process's peak RSS (VmHWM), the forward's own peak (VmHWM
 minus the RSS before the call, with the peak reset through /proc/self/clear_refs) and the estimate of
-`dlsn.tiling.forward_bytes` for the padded input. Linux only (/proc).
+`dlsn.sr.tiling.forward_bytes` for the padded input. Linux only (/proc).
 """
 import argparse
 import json
@@ -20,9 +20,9 @@ from pathlib import Path
 import torch
 
 import dlsn
-from dlsn.imageio import read_image
-from dlsn.inference import DEFAULT_BORDER_PAD, upscale_tensor
-from dlsn.tiling import forward_bytes
+from dlsn.sr.imageio import read_image
+from dlsn.sr.inference import DEFAULT_BORDER_PAD, upscale_tensor
+from dlsn.sr.tiling import forward_bytes
 
 MODELS = {
     "published": dict(scale=2),

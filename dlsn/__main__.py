@@ -1,7 +1,7 @@
 """`python -m dlsn ...`: the `dlsn` command line."""
 import sys
 
-from .cli import main
+from .sr.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,4 +1,4 @@
-"""EDSR / RCAN / FSRCNN with GLA layers (dlsn.archs): public key layouts, GLA off = plain network,
+"""EDSR / RCAN / FSRCNN with GLA layers (dlsn.models.backbones): public key layouts, GLA off = plain network,
 strict loading of plain checkpoints into the GLA variants, training and `dlsn eval` through the config."""
 import json
 import math
@@ -7,11 +7,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dlsn.archs import EDSR, FSRCNN, RCAN, build_model, load_backbone
-from dlsn.checkpoint import CheckpointError, load_model, save_weights
-from dlsn.cli import main
-from dlsn.config import ModelConfig, load_config
-from dlsn.imageio import write_image
+from dlsn.models.backbones import EDSR, FSRCNN, RCAN, build_model, load_backbone
+from dlsn.sr.checkpoint import CheckpointError, load_model, save_weights
+from dlsn.sr.cli import main
+from dlsn.sr.config import ModelConfig, load_config
+from dlsn.sr.imageio import write_image
 
 GLA_ARGS = dict(reduction=4, chunk_size=16, n_hashes=2)
 

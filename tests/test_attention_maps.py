@@ -1,11 +1,13 @@
-"""Attention maps (dlsn.attention_maps): weights equal what the GLA forward uses; `dlsn attention` CLI."""
+"""Attention maps (dlsn.sr.attention_maps): weights equal what the GLA forward uses; `dlsn attention` CLI."""
 import pytest
 import torch
 
-from dlsn import DLSN, GLA, reference
-from dlsn.attention_maps import attention_weights, capture_gla_inputs, gla_layers, texture_queries
-from dlsn.checkpoint import save_weights
-from dlsn.cli import main
+from dlsn import DLSN, GLA
+from dlsn.ops import reference
+from dlsn.nn.hashing import sblsh_rotations
+from dlsn.sr.attention_maps import attention_weights, capture_gla_inputs, gla_layers, texture_queries
+from dlsn.sr.checkpoint import save_weights
+from dlsn.sr.cli import main
 
 
 def _layer(channels=8, chunk_size=16, n_hashes=3, res_scale=1.0, seed=0):
@@ -61,7 +63,7 @@ def test_duplicate_keys_add_their_weights():
 def test_train_mode_with_the_forward_rotations():
     layer = _layer(chunk_size=16, n_hashes=3).train()
     x = torch.randn(1, 8, 6, 7, dtype=torch.float64)
-    rotations = reference.sblsh_rotations(4, layer.n_buckets(42), 3, dtype=torch.float64)
+    rotations = sblsh_rotations(4, layer.n_buckets(42), 3, dtype=torch.float64)
     with pytest.raises(ValueError, match="train mode"):
         attention_weights(layer, x, [0])
     weights = attention_weights(layer, x, torch.arange(42), rotations=rotations)
@@ -111,7 +113,7 @@ def test_texture_queries_pick_the_textured_spot():
 
 @pytest.fixture
 def checkpoint_and_image(tmp_path):
-    from dlsn.imageio import write_image
+    from dlsn.sr.imageio import write_image
 
     model = _tiny_dlsn()
     path = tmp_path / "model.pt"

@@ -2,7 +2,7 @@
 
 The dark border came from the convolutions' zero padding at the image edge (measured on a trained
 demo model: 19.9/255 mean error on the outermost HR rows against 4.6/255 inside; see
-dlsn/inference.py). Training takes minutes, so these tests build the demo-sized network with
+dlsn/sr/inference.py). Training takes minutes, so these tests build the demo-sized network with
 weights that make it a smooth upscaler (3x3 box blur, then pixel replication) and the same
 mechanism: its 3x3 convolutions read zeros beyond the edge, pulling border pixels towards the
 dataset mean (red turns brownish, as reported).
@@ -10,11 +10,11 @@ dataset mean (red turns brownish, as reported).
 import pytest
 import torch
 
-from dlsn.cli import main
-from dlsn.archs import build_model
-from dlsn.config import load_config
-from dlsn.imageio import read_image, write_image
-from dlsn.inference import DEFAULT_BORDER_PAD, upscale_tensor
+from dlsn.sr.cli import main
+from dlsn.models.backbones import build_model
+from dlsn.sr.config import load_config
+from dlsn.sr.imageio import read_image, write_image
+from dlsn.sr.inference import DEFAULT_BORDER_PAD, upscale_tensor
 
 BORDER_FACTOR = 2.0  # outermost rows/columns may be at most this much worse than the interior (bicubic: 1.3)
 

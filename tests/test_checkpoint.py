@@ -5,8 +5,8 @@ import pytest
 import torch
 
 import dlsn
-from dlsn import checkpoint as ckpt
-from dlsn.checkpoint import CheckpointError
+from dlsn.sr import checkpoint as ckpt
+from dlsn.sr.checkpoint import CheckpointError
 
 SMALL = dict(n_resgroups=2, n_resblocks=2, n_feats=16, reduction=4, chunk_size=16)
 
@@ -177,7 +177,7 @@ def _broken_files(tmp_path):
 
 
 def test_unreadable_checkpoints_are_one_line_of_our_own(tmp_path, capsys):
-    from dlsn.cli import main
+    from dlsn.sr.cli import main
 
     for name, why in _broken_files(tmp_path).items():
         with pytest.raises(ckpt.CheckpointError) as info:

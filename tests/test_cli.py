@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import dlsn
-from dlsn.cli import main
+from dlsn.sr.cli import main
 
 
 def test_python_m_dlsn_help():

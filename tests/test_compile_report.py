@@ -63,7 +63,7 @@ import compile_report
 import torch
 import triton
 import triton.language as tl
-from kernels.launch import Launch
+from dlsn.kernels.launch import Launch
 
 
 @triton.jit
@@ -116,9 +116,9 @@ def test_gate_catches_shared_memory_over_the_limit():
 
 def test_named_shapes_follow_the_package_bucket_rule():
     try:
-        from dlsn.hashing import n_buckets
+        from dlsn.nn.hashing import n_buckets
     except ImportError:
-        from dlsn.reference import n_buckets
+        from dlsn.ops.reference import n_buckets
     for shape in compile_report.SHAPES.values():
         assert shape.b == n_buckets(shape.L, shape.l), shape
 
@@ -135,9 +135,9 @@ def test_unknown_names_are_one_line_errors(option):
 
 def test_minimal_flops_agree_with_the_kernels_own_models():
     """The report's minimal-algorithm model and the kernel modules' are written independently."""
-    from kernels.hash import sblsh_hash_fwd_min_flops
-    from kernels.window_attention import window_attn_fwd_min_flops
-    from kernels.window_attention_bwd import minimal_bwd_flops
+    from dlsn.kernels.hash import sblsh_hash_fwd_min_flops
+    from dlsn.kernels.window_attention import window_attn_fwd_min_flops
+    from dlsn.kernels.window_attention_bwd import minimal_bwd_flops
     for s in compile_report.SHAPES.values():
         assert compile_report.minimal_flops("hash", s) == sblsh_hash_fwd_min_flops(s.N, s.L, s.c, s.h, s.b)
         assert compile_report.minimal_flops("fwd", s) == window_attn_fwd_min_flops(s.N, s.h, s.L, s.c, s.C, s.l)

@@ -1,7 +1,7 @@
 """Config schema: packaged configs load, unknown keys are errors with a suggestion, overrides are typed."""
 import pytest
 
-from dlsn.config import ConfigError, apply_overrides, config_from_dict, load_config, packaged_config
+from dlsn.sr.config import ConfigError, apply_overrides, config_from_dict, load_config, packaged_config
 
 
 @pytest.mark.parametrize("name", ["dlsn_x2", "dlsn_x3", "dlsn_x4", "demo"])

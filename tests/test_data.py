@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from dlsn.data import BenchmarkPairs, TrainPairs
-from dlsn.degradations import bicubic_down, blur_down
-from dlsn.imageio import read_image, write_image
+from dlsn.sr.data import BenchmarkPairs, TrainPairs
+from dlsn.sr.degradations import bicubic_down, blur_down
+from dlsn.sr.imageio import read_image, write_image
 
 
 def _make_hr(folder, names=("0001", "0002"), size=(26, 31)):
@@ -83,8 +83,8 @@ def test_bad_folders(tmp_path):
 
 
 def test_patches_from_train_pairs(tmp_path):
-    # The training loop's patch sampler (dlsn.data.PatchPairs) on these pairs: aligned and clear on small images.
-    from dlsn.data import PatchPairs
+    # The training loop's patch sampler (dlsn.sr.data.PatchPairs) on these pairs: aligned and clear on small images.
+    from dlsn.sr.data import PatchPairs
 
     _make_hr(tmp_path, size=(24, 30))
     pairs = TrainPairs(tmp_path, 2)

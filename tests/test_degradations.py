@@ -2,8 +2,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dlsn.degradations import (blur_down, bicubic_down, crop_to_scale, degrade, gaussian_kernel, noisy_down)
-from dlsn.imresize import imresize
+from dlsn.sr.degradations import (blur_down, bicubic_down, crop_to_scale, degrade, gaussian_kernel, noisy_down)
+from dlsn.sr.imresize import imresize
 
 
 def _hr(h=24, w=30, seed=0):

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from dlsn.cli import main
+from dlsn.sr.cli import main
 
 pytest.importorskip("skimage")
 

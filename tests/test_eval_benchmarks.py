@@ -7,8 +7,8 @@ import shutil
 import pytest
 import torch
 
-from dlsn.cli import main
-from dlsn.imageio import write_image
+from dlsn.sr.cli import main
+from dlsn.sr.imageio import write_image
 
 TINY = dict(n_resgroups=1, n_resblocks=1, n_feats=8, chunk_size=16, n_hashes=2)
 
@@ -113,7 +113,7 @@ def test_bad_n_hashes_is_a_one_line_error(benchmarks, checkpoint, tmp_path, caps
 
 
 def test_upscale_with_n_hashes(benchmarks, checkpoint, tmp_path):
-    from dlsn.imageio import read_image
+    from dlsn.sr.imageio import read_image
 
     outputs = {}
     for h in (1, 3):

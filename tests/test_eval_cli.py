@@ -5,11 +5,11 @@ import pytest
 import torch
 from PIL import Image
 
-from dlsn.cli import main
-from dlsn.data import BenchmarkPairs
-from dlsn.imageio import read_image, read_image_with_alpha, write_image
-from dlsn.imresize import imresize
-from dlsn.metrics import calc_psnr, calc_ssim
+from dlsn.sr.cli import main
+from dlsn.sr.data import BenchmarkPairs
+from dlsn.sr.imageio import read_image, read_image_with_alpha, write_image
+from dlsn.sr.imresize import imresize
+from dlsn.sr.metrics import calc_psnr, calc_ssim
 
 TINY = dict(n_resgroups=1, n_resblocks=1, n_feats=8, chunk_size=16, n_hashes=1)
 

@@ -7,8 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from dlsn.cli import main
-from dlsn.imageio import write_image
+from dlsn.sr.cli import main
+from dlsn.sr.imageio import write_image
 
 TINY = dict(n_resgroups=1, n_resblocks=1, n_feats=8, chunk_size=16, n_hashes=1)
 
@@ -99,7 +99,7 @@ def test_unwritable_output_says_cannot_write_the_target(tmp_path, capsys, monkey
 
 
 def test_checkpoints_get_the_umask_mode(tmp_path, checkpoint):
-    from dlsn.checkpoint import atomic_save
+    from dlsn.sr.checkpoint import atomic_save
 
     old = os.umask(0o022)
     try:

@@ -1,5 +1,5 @@
 """Seeded differential fuzzing of the fused GLA path (`dlsn.ops.fused.gla_attention`) against the
-float64 reference (`dlsn.reference.gla_core`), forward and gradients.
+float64 reference (`dlsn.ops.reference.gla_core`), forward and gradients.
 
 Each case draws its shape and settings from its seed: batch 1..2, value channels, chunk 16 or 32,
 H*W just below, at or above a multiple of the chunk (and below one chunk), 1..4 hash rounds, a
@@ -17,8 +17,9 @@ import triton
 import triton.language as tl
 from conftest import DEVICE, rel_error
 
-from dlsn import reference
-from dlsn.hashing import n_buckets
+from dlsn.ops import reference
+from dlsn.nn.hashing import sblsh_rotations
+from dlsn.nn.hashing import n_buckets
 from dlsn.ops import fused
 
 # float32 relative error bounds against float64 (forward output, gradients), and the floor under
@@ -60,7 +61,7 @@ def make_inputs(case):
     x = torch.randn(n, C, case["height"], case["width"], generator=gen, dtype=torch.float64)
     grad_y = torch.randn(x.shape, generator=gen, dtype=torch.float64)
     buckets = n_buckets(length, chunk, case["max_buckets"])
-    rotations = reference.sblsh_rotations(c, buckets, case["rounds"], generator=gen)
+    rotations = sblsh_rotations(c, buckets, case["rounds"], generator=gen)
     if case["tied_rotations"] and buckets > 1:
         rotations[:, :, -1] = rotations[:, :, 0]
     q, learned = q * case["scale"], learned * case["scale"]

@@ -6,7 +6,8 @@ import torch
 from conftest import DEVICE, max_error
 
 import dlsn
-from dlsn import reference
+from dlsn.ops import reference
+from dlsn.nn.hashing import n_buckets
 from dlsn.ops import fused
 
 
@@ -18,7 +19,7 @@ def make_core_inputs(n, C, height, width, chunk_size, h, dtype, seed, reduction=
     v = torch.randn(n, length, C, generator=g)
     learned = torch.randn(n, length, chunk_size, generator=g)
     x = torch.randn(n, C, height, width, generator=g)
-    rotations = dlsn.sblsh_rotations(c, reference.n_buckets(length, chunk_size), h, generator=g, device=DEVICE)
+    rotations = dlsn.sblsh_rotations(c, n_buckets(length, chunk_size), h, generator=g, device=DEVICE)
     q, v, learned, x = (t.to(device=DEVICE, dtype=dtype) for t in (q, v, learned, x))
     return q, v, learned, rotations, x
 

@@ -18,7 +18,8 @@ import triton.language as tl
 from conftest import DEVICE, rel_error
 
 import dlsn
-from dlsn import reference
+from dlsn.ops import reference
+from dlsn.nn.hashing import sblsh_rotations
 from dlsn.ops.fused import gla_attention, sorted_attention
 
 
@@ -31,7 +32,7 @@ def sorted_slots(gla, x):
     """perm/inv (int64) of the float32 module's own hashing, used by every run of one test."""
     with torch.no_grad():
         q, _, _ = gla.embed(x)
-        rotations = reference.sblsh_rotations(q.shape[2], gla.n_buckets(q.shape[1]), gla.n_hashes,
+        rotations = sblsh_rotations(q.shape[2], gla.n_buckets(q.shape[1]), gla.n_hashes,
                                               generator=torch.Generator().manual_seed(1), device=DEVICE)
         return reference.sort_permutation(reference.hash_codes(q, rotations), gla.chunk_size)
 

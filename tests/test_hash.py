@@ -1,9 +1,10 @@
-"""Triton SB-LSH hash kernel against dlsn.reference.hash_codes (exact equality of the codes)."""
+"""Triton SB-LSH hash kernel against dlsn.ops.reference.hash_codes (exact equality of the codes)."""
 import pytest
 import torch
 from conftest import DEVICE
 
-from dlsn import reference
+from dlsn.ops import reference
+from dlsn.nn.hashing import sblsh_rotations
 from dlsn.ops import fused
 
 
@@ -16,7 +17,7 @@ def make_queries(n, length, c, dtype, seed, zero_rows=0):
 
 def make_rotations(c, b, h, seed):
     g = torch.Generator().manual_seed(seed)
-    return reference.sblsh_rotations(c, b, h, generator=g, device=DEVICE)
+    return sblsh_rotations(c, b, h, generator=g, device=DEVICE)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])

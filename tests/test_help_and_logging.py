@@ -16,9 +16,9 @@ def test_dlsn_forward_is_documented_on_the_method():
 
 
 def _tiny_run(out_dir, tensorboard):
-    from dlsn.config import config_from_dict
-    from dlsn.data import ImagePairs
-    from dlsn.train import train
+    from dlsn.sr.config import config_from_dict
+    from dlsn.sr.data import ImagePairs
+    from dlsn.sr.train import train
 
     cfg = config_from_dict({
         "model": dict(n_resgroups=1, n_resblocks=1, n_feats=8, chunk_size=16, n_hashes=1),

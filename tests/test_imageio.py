@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from dlsn.imageio import _unfilter_png, read_image, read_image_with_alpha, write_image
+from dlsn.sr.imageio import _unfilter_png, read_image, read_image_with_alpha, write_image
 
 
 def _paeth(a, b, c):

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dlsn.imresize import contributions, cubic_kernel, imresize
+from dlsn.sr.imresize import contributions, cubic_kernel, imresize
 
 
 def test_cubic_kernel_values():

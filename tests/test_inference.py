@@ -3,8 +3,8 @@ import torch
 from torch import nn
 
 import dlsn
-from dlsn.imresize import imresize
-from dlsn.inference import BicubicUpscaler, tiled_forward, upscale_tensor
+from dlsn.sr.imresize import imresize
+from dlsn.sr.inference import BicubicUpscaler, tiled_forward, upscale_tensor
 
 
 class ConvSR(nn.Module):

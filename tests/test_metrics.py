@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from dlsn.degradations import bicubic_down, blur_down, crop_to_scale
-from dlsn.imageio import read_image
-from dlsn.imresize import imresize
-from dlsn.metrics import calc_psnr, calc_ssim, quantize, rgb_to_y
+from dlsn.sr.degradations import bicubic_down, blur_down, crop_to_scale
+from dlsn.sr.imageio import read_image
+from dlsn.sr.imresize import imresize
+from dlsn.sr.metrics import calc_psnr, calc_ssim, quantize, rgb_to_y
 
 # Published bicubic baselines on Set5 (RCAN / RDN tables).
 PUBLISHED_BI = {2: (33.66, 0.9299), 3: (30.39, 0.8682), 4: (28.42, 0.8104)}

@@ -5,15 +5,15 @@ import os
 import pytest
 import torch
 
-from dlsn import reference
-from dlsn.gla import GLA
-from dlsn.model import DLSN
+from dlsn.ops import reference
+from dlsn.nn.gla import GLA
+from dlsn.models.dlsn import DLSN
 
 SMALL = dict(n_resgroups=2, n_resblocks=2, n_feats=16, chunk_size=16, n_hashes=2)
 
 
 def published_keys(n_resgroups, n_resblocks, scale=2):
-    """The published state-dict keys (docs/gla.md §6), written out independently of dlsn.model."""
+    """The published state-dict keys (docs/gla.md §6), written out independently of dlsn.models.dlsn."""
     keys = ["a", "sub_mean.weight", "sub_mean.bias", "head.0.weight", "head.0.bias"]
     for g in range(n_resgroups):
         for b in range(n_resblocks):
@@ -218,7 +218,7 @@ def test_switches_on_the_triton_backend_match_the_reference(similarity):
 
 @pytest.mark.parametrize("similarity", ["dot", "learned"])
 def test_ablation_weights_reload_with_their_switch(tmp_path, similarity):
-    from dlsn import checkpoint as ckpt
+    from dlsn.sr import checkpoint as ckpt
 
     torch.manual_seed(0)
     model = DLSN(similarity=similarity, local_fusion=False, **SMALL).eval()

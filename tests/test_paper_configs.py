@@ -1,7 +1,7 @@
 """The packaged configs pin the paper's protocols: every schedule number, degradation and switch."""
 import pytest
 
-from dlsn.config import ConfigError, apply_overrides, config_from_dict, load_config
+from dlsn.sr.config import ConfigError, apply_overrides, config_from_dict, load_config
 
 X2_HALVINGS = [300_000, 600_000, 900_000, 1_200_000]  # --decay 300-600-900-1200 x 1000 iterations/epoch
 FINE_TUNE_HALVINGS = [50_000, 100_000, 150_000]
@@ -48,7 +48,7 @@ def test_schedule_and_protocol(name):
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_header_cites_what_it_reproduces(name):
-    from dlsn.config import packaged_config
+    from dlsn.sr.config import packaged_config
 
     header = packaged_config(name).read_text().split("\nmodel:")[0]
     cites = {"dlsn_x2": "--decay 300-600-900-1200", "dlsn_x3": "200 epochs", "dlsn_x4": "200 epochs",

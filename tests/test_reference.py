@@ -1,14 +1,15 @@
 """The reference GLA against an independent, deliberately naive formulation (float64).
 
 The naive version loops over rounds and query slots with Python sorting and a dense key-multiplicity
-mask over the sorted sequence, so it shares no code path with dlsn.reference.
+mask over the sorted sequence, so it shares no code path with dlsn.ops.reference.
 """
 import itertools
 
 import pytest
 import torch
 
-from dlsn import reference
+from dlsn.ops import reference
+from dlsn.nn.hashing import n_buckets, sblsh_rotations
 from dlsn.kernels.constants import KEY_NORM_EPS
 
 
@@ -63,7 +64,7 @@ def random_inputs(n, length, c, C, chunk_size, h, b, seed, zero_rows=0):
         q[:, :zero_rows] = 0
     v = torch.randn(n, length, C, generator=g, dtype=torch.float64)
     learned = torch.randn(n, length, chunk_size, generator=g, dtype=torch.float64)
-    rotations = reference.sblsh_rotations(c, b, h, generator=g, dtype=torch.float64)
+    rotations = sblsh_rotations(c, b, h, generator=g, dtype=torch.float64)
     return q, v, learned, rotations
 
 
@@ -83,7 +84,7 @@ CASES = [
 @pytest.mark.parametrize("n,length,chunk_size,h", CASES)
 def test_reference_matches_naive(n, length, chunk_size, h):
     c, C = 4, 6
-    b = max(2, reference.n_buckets(length, chunk_size))
+    b = max(2, n_buckets(length, chunk_size))
     q, v, learned, rotations = random_inputs(n, length, c, C, chunk_size, h, b, seed=length * 10 + h, zero_rows=2)
 
     codes = reference.hash_codes(q, rotations)
@@ -125,25 +126,25 @@ def test_stable_sort_keeps_position_order_within_a_bucket_and_pads_by_wrapping()
 
 
 def test_n_buckets_follows_the_definition():
-    assert reference.n_buckets(5, 128) == 1
-    assert reference.n_buckets(128, 128) == 2  # 1 + 1 % 2
-    assert reference.n_buckets(256, 128) == 2
-    assert reference.n_buckets(48 * 48, 128) == 18
-    assert reference.n_buckets(512 * 512, 128) == 128
+    assert n_buckets(5, 128) == 1
+    assert n_buckets(128, 128) == 2  # 1 + 1 % 2
+    assert n_buckets(256, 128) == 2
+    assert n_buckets(48 * 48, 128) == 18
+    assert n_buckets(512 * 512, 128) == 128
 
 
 def test_sblsh_rotations_are_orthonormal_in_groups_and_seeded():
     g = torch.Generator().manual_seed(3)
-    rot = reference.sblsh_rotations(4, 10, 2, generator=g)
+    rot = sblsh_rotations(4, 10, 2, generator=g)
     assert rot.shape == (2, 4, 10) and rot.dtype == torch.float32
     for start in (0, 4, 8):
         block = rot[:, :, start:start + 4].double()
         gram = block.transpose(-1, -2) @ block
         torch.testing.assert_close(gram, torch.eye(gram.shape[-1], dtype=torch.float64).expand_as(gram), atol=1e-6, rtol=0)
-    again = reference.sblsh_rotations(4, 10, 2, generator=torch.Generator().manual_seed(3))
+    again = sblsh_rotations(4, 10, 2, generator=torch.Generator().manual_seed(3))
     assert torch.equal(rot, again)
     with pytest.raises(ValueError, match="positive"):
-        reference.sblsh_rotations(0, 4, 1)
+        sblsh_rotations(0, 4, 1)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])

@@ -10,7 +10,7 @@ import sys
 import pytest
 import torch
 
-from dlsn import reference
+from dlsn.ops import reference
 from dlsn.ops import scatter as ops
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])

@@ -8,10 +8,10 @@ import pytest
 import torch
 
 import dlsn
-from dlsn.cli import main
-from dlsn.imageio import read_image, write_image
-from dlsn.inference import upscale_tensor
-from dlsn.tiling import MIN_TILE, forward_bytes, parse_size, plan_tiles
+from dlsn.sr.cli import main
+from dlsn.sr.imageio import read_image, write_image
+from dlsn.sr.inference import upscale_tensor
+from dlsn.sr.tiling import MIN_TILE, forward_bytes, parse_size, plan_tiles
 
 TINY = dict(n_resgroups=1, n_resblocks=1, n_feats=8, chunk_size=16, n_hashes=1)
 DEMO = dict(n_resgroups=1, n_resblocks=2, n_feats=48, chunk_size=64, n_hashes=2, res_scale=1.0)
@@ -45,13 +45,13 @@ def test_plan_whole_image_when_it_fits_else_largest_fitting_tiles():
     assert bigger.tile > plan.tile
     with pytest.raises(ValueError, match=f"even {MIN_TILE}x{MIN_TILE} tiles .* need about"):
         plan_tiles(model, 100, 80, budget=1000)
-    assert plan_tiles(dlsn.inference.BicubicUpscaler(2), 100, 80, budget=1000) is None
+    assert plan_tiles(dlsn.sr.inference.BicubicUpscaler(2), 100, 80, budget=1000) is None
 
 
 def test_low_budget_tiles_with_progress_and_stays_close(tmp_path, checkpoint, capsys):
     torch.manual_seed(1)
     write_image(tmp_path / "in.png", torch.rand(3, 40, 36))
-    model = dlsn.checkpoint.load_model(checkpoint)
+    model = dlsn.sr.checkpoint.load_model(checkpoint)
     pad = 8
     budget = (forward_bytes(model, 40 + 2 * pad, 36 + 2 * pad) + forward_bytes(model, 16 + 32, 16 + 32)) // 2
     common = [str(tmp_path / "in.png"), "--checkpoint", str(checkpoint), "--scale", "2"]
@@ -98,8 +98,8 @@ _MEASURE = r"""
 import json, sys, time
 from pathlib import Path
 import torch, dlsn
-from dlsn.inference import upscale_tensor
-from dlsn.tiling import forward_bytes
+from dlsn.sr.inference import upscale_tensor
+from dlsn.sr.tiling import forward_bytes
 
 def status(key):
     for line in Path("/proc/self/status").read_text().splitlines():

@@ -7,10 +7,10 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from dlsn import checkpoint as ckpt
-from dlsn.config import config_from_dict
-from dlsn.data import ImagePairs, PatchPairs
-from dlsn.train import TrainingInterrupted, train
+from dlsn.sr import checkpoint as ckpt
+from dlsn.sr.config import config_from_dict
+from dlsn.sr.data import ImagePairs, PatchPairs
+from dlsn.sr.train import TrainingInterrupted, train
 
 
 def tiny_config(out_dir, **train_overrides):

@@ -6,10 +6,10 @@ import re
 import pytest
 import torch
 
-from dlsn import checkpoint as ckpt
-from dlsn.cli import main
-from dlsn.config import config_from_dict
-from dlsn.train import ImagePairs, _training_pairs, format_duration, train
+from dlsn.sr import checkpoint as ckpt
+from dlsn.sr.cli import main
+from dlsn.sr.config import config_from_dict
+from dlsn.sr.train import ImagePairs, _training_pairs, format_duration, train
 
 
 def tiny_config(out_dir, iterations=6, **log):

@@ -1,4 +1,4 @@
-"""Triton window-attention forward (kernels/window_attention.py) against dlsn.reference.window_attention.
+"""Triton window-attention forward (kernels/window_attention.py) against dlsn.ops.reference.window_attention.
 
 The launcher returns (O, round_max, round_sum); lse = round_max + log(round_sum) is formed in
 float64 here. float32: relative error <= 1e-4 against the float64 reference. bfloat16/float16:
@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import DEVICE, max_error
 
-from dlsn import reference
+from dlsn.ops import reference
 from dlsn.kernels.window_attention import window_attn_fwd, window_attn_fwd_plan
 from dlsn.ops import fused
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 from conftest import DEVICE, rel_error
 
-from dlsn import reference
+from dlsn.ops import reference
 from dlsn.kernels import window_attention_bwd as bwd
 from dlsn.kernels.launch import run
 from dlsn.kernels.window_attention import window_attn_fwd

@@ -326,7 +326,7 @@ def gla_attention(q, v, learned, rotations, chunk_size, x, res_scale, precision=
             hashes by the real queries and attends with zero ones).
     Returns:
         y [N, C, H, W] (v's dtype when x has it, else the promoted dtype); equals
-        `dlsn.reference.gla_core` with the same rotations. Hashing runs on detached queries: the
+        `dlsn.ops.reference.gla_core` with the same rotations. Hashing runs on detached queries: the
         codes are constants of the graph.
     """
     device = _check_attention_inputs(q, v, learned, x, chunk_size, res_scale, precision)

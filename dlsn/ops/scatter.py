@@ -30,7 +30,7 @@ Importing this module never fails when the extension is missing; the functions b
 """
 import torch
 
-from .._extension import extension_available, load_extension
+from .extension import extension_available, load_extension
 
 __all__ = ["scatter_back", "attention_grad_rows"]
 

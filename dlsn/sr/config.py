@@ -31,7 +31,7 @@ class ModelConfig:
     """`dlsn.DLSN` constructor arguments (defaults: the published model).
 
     `arch`: "dlsn", or "edsr" / "rcan" / "fsrcnn" with GLA layers at `gla_positions` (empty: the plain
-    network); `dlsn.archs.ARCH_FIELDS` lists the fields each architecture reads.
+    network); `dlsn.models.backbones.ARCH_FIELDS` lists the fields each architecture reads.
 
     Ablation switches (the paper's Table 1, Table 2 and Fig. 6): `similarity` "both" (published),
     "dot" (dot product only, no learnable term) or "learned" (learnable term only); `local_fusion`
@@ -61,7 +61,7 @@ class ModelConfig:
 class DataConfig:
     """Training images and the validation benchmark.
 
-    `train_dir`: a DIV2K-layout folder (see `dlsn.data`); `val_dir`: a benchmark folder of HR images
+    `train_dir`: a DIV2K-layout folder (see `dlsn.sr.data`); `val_dir`: a benchmark folder of HR images
     (LR made on the fly with the training degradation), whose best mean Y-PSNR during training is
     kept as `best.pt`. `patch_size` is the LR patch side; HR patches are `scale` times larger.
     `noise_level`: the DN noise std on the 0-255 scale (degradation "dn" only).
@@ -273,7 +273,7 @@ def load_config(path, overrides=()) -> Config:
 
 
 def packaged_config(name: str) -> Path:
-    """Path of a config shipped in `dlsn/configs` (`"dlsn_x2"` or `"dlsn_x2.yaml"`)."""
+    """Path of a config shipped in `dlsn/sr/configs` (`"dlsn_x2"` or `"dlsn_x2.yaml"`)."""
     name = name if name.endswith(".yaml") else name + ".yaml"
     return Path(__file__).resolve().parent / "configs" / name
 

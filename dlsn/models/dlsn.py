@@ -5,7 +5,7 @@ import math
 import torch
 from torch import nn
 
-from .gla import GLA
+from ..nn.gla import GLA
 
 DIV2K_RGB_MEAN = (0.4488, 0.4371, 0.4040)
 SUPPORTED_SCALES = (2, 3, 4)
@@ -165,7 +165,7 @@ class DLSN(nn.Module):
         each call (as published); in eval mode layer `i` uses rotations drawn once from a CPU
         generator seeded with `i`, so the output is deterministic and the same on every device.
         Each GLA layer runs its `backend` ("auto": fused Triton kernels for CUDA inputs, else the
-        pure-PyTorch reference). The convolutions pad with zeros; `dlsn.inference.upscale_tensor`
+        pure-PyTorch reference). The convolutions pad with zeros; `dlsn.sr.inference.upscale_tensor`
         (used by `dlsn upscale`) pads the image itself so that its borders come out right.
         """
         if not isinstance(x, torch.Tensor):

@@ -2,11 +2,11 @@
 import torch
 from torch import nn
 
-from . import reference
+from ..ops import reference
 from .hashing import n_buckets, sblsh_rotations
-from .kernels.constants import CHUNK_SIZES
-from .ops import triton_device_problem
-from ._extension import extension_available
+from ..kernels.constants import CHUNK_SIZES
+from ..ops import triton_device_problem
+from ..ops.extension import extension_available
 
 BACKENDS = ("auto", "reference", "triton")
 FP32_PRECISIONS = (None, "ieee", "tf32", "tf32x3")
@@ -222,7 +222,7 @@ class GLA(nn.Module):
         # conv_match in the graph with a zero gradient (no unused parameters under DDP).
         attention_q = q * 0 if self.similarity == "learned" else q
         if backend == "triton":
-            from .ops.fused import gla_attention
+            from ..ops.fused import gla_attention
 
             return gla_attention(attention_q, v, learned, rotations, self.chunk_size, x, self.res_scale,
                                  precision=self.kernel_precision(), hash_q=q)

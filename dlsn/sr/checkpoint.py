@@ -10,7 +10,7 @@ never happens silently.
 
 Our training checkpoints (`save_training_checkpoint`) are dicts with `format: "dlsn-train"` and
 model, EMA, optimizer, scheduler, GradScaler, iteration, sampler position, config and RNG states.
-They are written atomically (`dlsn.utils.atomic_write`): a temp file in the same folder, flushed and
+They are written atomically (`dlsn.sr.utils.atomic_write`): a temp file in the same folder, flushed and
 fsync'ed, then renamed over the target, so an interrupted write leaves the previous file intact.
 Files get the mode the umask gives any new file, so other users can read shared weights.
 """
@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .archs import detect_arch, load_arch_model
-from .model import DLSN, DIV2K_RGB_MEAN, unwrap_state_dict
+from ..models.backbones import detect_arch, load_arch_model
+from ..models.dlsn import DLSN, DIV2K_RGB_MEAN, unwrap_state_dict
 from .utils import atomic_write
 
 __all__ = ["CheckpointError", "load_model", "load_state_dict_strict", "infer_architecture", "read_checkpoint",
@@ -171,7 +171,7 @@ def load_model(path, scale=None, map_location="cpu", prefer_ema=True, **override
     """A `DLSN` with the weights of the checkpoint at `path` (published format, ours, or safetensors).
 
     EDSR/RCAN/FSRCNN checkpoints (ours, whose config names the `arch`, or plain published ones, told
-    apart by their keys) go to `dlsn.archs.load_arch_model` and return that network.
+    apart by their keys) go to `dlsn.models.backbones.load_arch_model` and return that network.
 
     The architecture is inferred from the weights; `scale` and `overrides` (any `DLSN` argument) are
     checked against it where the weights determine them, so a wrong scale, chunk size or width is a
@@ -220,7 +220,7 @@ def load_pretrained(model, path, exclude=("tail.0.",)):
 
 
 def atomic_save(obj, path):
-    """`torch.save(obj, path)` atomically (`dlsn.utils.atomic_write`)."""
+    """`torch.save(obj, path)` atomically (`dlsn.sr.utils.atomic_write`)."""
     return atomic_write(path, lambda handle: torch.save(obj, handle))
 
 

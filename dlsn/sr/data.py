@@ -12,7 +12,7 @@ Folder layouts (``root`` is the folder given by the user):
   (``0001.png`` -> ``0001x2.png``; ``baby.png`` -> ``babyx2.png``, the EDSR benchmark layout).
   ``DIV2K_train_LR_bicubic/X{s}`` is accepted as well.
 * Pre-made LR images are used for ``degradation="bi"`` when that folder exists (``use_premade``);
-  otherwise LR images are made on the fly from the HR images with ``dlsn.degradations``.
+  otherwise LR images are made on the fly from the HR images with ``dlsn.sr.degradations``.
   HR images are cropped to a multiple of the scale first (only needed when LR is made here).
 
 DN noise is deterministic: image ``i`` in epoch ``e`` draws from a generator seeded with

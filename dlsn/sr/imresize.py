@@ -14,7 +14,7 @@ than the kernel support; ``resize-right`` is unmaintained since 2022. Neither is
 
 One documented difference from MATLAB: for ``uint8`` images MATLAB rounds to ``uint8`` between the
 two 1-D passes. This function works on float tensors and does not round; callers that need 8-bit
-images quantise the result (``dlsn.degradations`` does). On Set5 the two agree to well within the
+images quantise the result (``dlsn.sr.degradations`` does). On Set5 the two agree to well within the
 0.05 dB the literature reports (see ``tests/test_metrics.py``).
 """
 

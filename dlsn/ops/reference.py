@@ -12,8 +12,8 @@ produce int32).
 """
 import torch
 
-from .hashing import n_buckets, sblsh_rotations  # noqa: F401  (the reference's own stage 0)
-from .kernels.constants import KEY_NORM_EPS
+
+from ..kernels.constants import KEY_NORM_EPS
 
 
 def hash_codes(q, rotations):

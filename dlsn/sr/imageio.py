@@ -199,7 +199,7 @@ def write_image(path: PathLike, tensor: torch.Tensor, bit_depth: int = 8) -> Non
 
     ``bit_depth=16`` needs a ``.png`` path. The parent folder is created if missing. Failures are
     one-line errors ``cannot write PATH: reason`` (``ValueError`` for an unknown suffix, else
-    ``dlsn.utils.WriteError``, an ``OSError``).
+    ``dlsn.sr.utils.WriteError``, an ``OSError``).
     """
     path = Path(path)
     if not isinstance(tensor, torch.Tensor) or tensor.dim() != 3 or tensor.shape[0] not in (1, 2, 3, 4):

@@ -35,8 +35,8 @@ import re
 import torch
 from torch import nn
 
-from .gla import GLA
-from .model import (DIV2K_RGB_MEAN, DLSN, SUPPORTED_SCALES, MeanShift, Upsampler, _positive_rounds, default_conv,
+from ..nn.gla import GLA
+from .dlsn import (DIV2K_RGB_MEAN, DLSN, SUPPORTED_SCALES, MeanShift, Upsampler, _positive_rounds, default_conv,
                     unwrap_state_dict)
 
 __all__ = ["ARCHS", "ARCH_FIELDS", "EDSR", "RCAN", "FSRCNN", "build_model", "load_backbone", "detect_arch", "load_arch_model"]
@@ -243,7 +243,7 @@ class FSRCNN(_GLAInserts):
         return self.last_part(self._stages(stages, x))
 
 
-# Config fields (`dlsn.config.ModelConfig`) each architecture reads, as constructor arguments.
+# Config fields (`dlsn.sr.config.ModelConfig`) each architecture reads, as constructor arguments.
 # GLA keywords every architecture passes to its GLA layers unchanged.
 _GLA_OPTIONS = {name: name for name in ("backend", "fp32_precision", "check_finite", "similarity")}
 ARCH_FIELDS = {
@@ -272,7 +272,7 @@ def build_model(model_config):
         if fields.get("gla_positions"):
             raise ValueError("model.gla_positions is for arch edsr/rcan/fsrcnn; DLSN has a GLA in every group")
         return DLSN(**{k: v for k, v in fields.items() if k not in _NOT_DLSN})
-    from .config import ModelConfig
+    from ..sr.config import ModelConfig
 
     # A field this architecture does not read must keep its default: a setting that silently does
     # nothing (local_fusion=false on EDSR, say) would be a wrong experiment.
@@ -296,7 +296,7 @@ def load_backbone(model, state_dict):
     unless everything fits. Returns the sorted list of model keys that were not in the checkpoint
     (the new GLA keys, left at their initialisation).
     """
-    from .checkpoint import CheckpointError
+    from ..sr.checkpoint import CheckpointError
 
     state_dict = unwrap_state_dict(state_dict)
     own = model.state_dict()
@@ -371,7 +371,7 @@ def _infer_kwargs(arch, state_dict):
 
 
 def load_arch_model(path, state_dict, model_config=None, scale=None, **overrides):
-    """An EDSR/RCAN/FSRCNN (with its GLA layers) holding `state_dict`, in eval mode (`dlsn.checkpoint.load_model`
+    """An EDSR/RCAN/FSRCNN (with its GLA layers) holding `state_dict`, in eval mode (`dlsn.sr.checkpoint.load_model`
     hands non-DLSN checkpoints here).
 
     model_config: the `model` section stored with our checkpoints; without it (a published plain
@@ -379,7 +379,7 @@ def load_arch_model(path, state_dict, model_config=None, scale=None, **overrides
     (config field names, e.g. `n_hashes`) replace the stored values; a scale or shape that does not fit
     the weights is a `CheckpointError` naming the keys.
     """
-    from .checkpoint import CheckpointError, load_state_dict_strict
+    from ..sr.checkpoint import CheckpointError, load_state_dict_strict
 
     model_config = model_config or {}
     arch = model_config.get("arch") or detect_arch(state_dict)

@@ -1,7 +1,7 @@
 """The `dlsn` command line (`dlsn ...` or `python -m dlsn ...`).
 
 Subcommands: `train`, `eval`, `upscale`, `demo`, `export`, `attention`. `eval` and `upscale` live in
-`dlsn.evaluate` and are imported only when used. Errors in the input (missing files, config typos,
+`dlsn.sr.evaluate` and are imported only when used. Errors in the input (missing files, config typos,
 checkpoints that do not fit) and every file-system error (naming the path and the reason) print
 one `dlsn <command>: error: ...` line and exit with status 2;
 an interrupted training run exits with 130 after writing its checkpoint.
@@ -89,14 +89,14 @@ _COMMANDS = {
 
 
 def build_parser():
-    from . import __version__
+    from .. import __version__
 
     parser = argparse.ArgumentParser(prog="dlsn", description="DLSN / Global Learnable Attention super-resolution")
     parser.add_argument("--version", action="version", version=f"dlsn {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in ("train", "eval", "upscale", "demo", "export", "attention"):
         if name in _LAZY:
-            # Listed for --help only; `main` hands these to a parser built on use (`dlsn.evaluate`).
+            # Listed for --help only; `main` hands these to a parser built on use (`dlsn.sr.evaluate`).
             sub.add_parser(name, help=_LAZY[name][2], add_help=False)
         else:
             add, _, text = _COMMANDS[name]
@@ -109,7 +109,7 @@ def _lazy_command(name, rest):
     try:
         from . import evaluate
     except ImportError as exc:
-        raise RuntimeError(f"'dlsn {name}' is unavailable: dlsn.evaluate cannot be imported ({exc})") from None
+        raise RuntimeError(f"'dlsn {name}' is unavailable: dlsn.sr.evaluate cannot be imported ({exc})") from None
     parser = argparse.ArgumentParser(prog=f"dlsn {name}", description=text)
     getattr(evaluate, add_name)(parser)
     return getattr(evaluate, run_name), parser.parse_args(rest)

@@ -7,7 +7,7 @@ core's part of the output is kept. For a model whose receptive field reaches at 
 (``tests/test_inference.py`` checks this). GLA attends globally, over hash buckets of the whole
 image, so a DLSN's tiled output differs from its untiled output; the context margin keeps the
 difference small near seams, and accuracy is best with large tiles. Peak activation memory is that
-of one ``(tile + 2 * tile_overlap)``-sized input; ``dlsn.tiling`` chooses tiles that fit the memory.
+of one ``(tile + 2 * tile_overlap)``-sized input; ``dlsn.sr.tiling`` chooses tiles that fit the memory.
 
 Borders: DLSN's convolutions pad with zeros, which the trained network renders as dark edges
 (measured with the demo's model on Set5 bird: a mean error of 14.7/255 on the outermost HR rows and

@@ -1,7 +1,7 @@
-"""``dlsn eval`` and ``dlsn upscale`` (wired into the command line by ``dlsn.cli``).
+"""``dlsn eval`` and ``dlsn upscale`` (wired into the command line by ``dlsn.sr.cli``).
 
 Errors in the input raise ``FileNotFoundError`` / ``ValueError`` with a message naming the file;
-``dlsn.cli`` prints it as one line and exits with status 2.
+``dlsn.sr.cli`` prints it as one line and exits with status 2.
 """
 
 from __future__ import annotations

@@ -47,7 +47,7 @@ def _element_size(dtype) -> int:
 
 
 def _dlsn_shape(model):
-    from .model import DLSN
+    from ..models.dlsn import DLSN
 
     if not isinstance(model, DLSN):
         return None

@@ -9,7 +9,7 @@ several rounds; its weights add. Hence, for every query `p`,
     out[p] = sum_j weights[p, j] * v[j],     y[p] = res_scale * out[p] + x[p]
 
 with `out` the layer's attention output (before the residual). The weights are computed from the
-reference stages (`dlsn.reference`: hashing, stable sort, windows) for the selected queries only:
+reference stages (`dlsn.ops.reference`: hashing, stable sort, windows) for the selected queries only:
 memory is `O(Q * h * 3l * c)` for `Q` queries, plus the layer's own `[N, L, *]` embeddings.
 
 `learned_term=True` scores as the layer does (its `similarity`: dot product plus learnable term, or
@@ -28,9 +28,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from . import reference
-from .gla import GLA
-from .kernels.constants import KEY_NORM_EPS
+from ..ops import reference
+from ..nn.gla import GLA
+from ..kernels.constants import KEY_NORM_EPS
 
 __all__ = ["attention_weights", "capture_gla_inputs", "gla_layers", "texture_queries", "add_attention_arguments",
            "run_attention"]

@@ -3,7 +3,7 @@
 A position's code in hash round `r` is the bucket `k` whose rotation column `R[r, :, k]` has the
 largest projection `q . R[r, :, k]` (computed in float32; ties go to the lowest `k`; a non-finite
 projection is never the largest, and a row whose projections are all non-finite goes to bucket
-0). `dlsn.reference.hash_codes` states this in PyTorch, the Triton kernel `kernels/hash.py`
+0). `dlsn.ops.reference.hash_codes` states this in PyTorch, the Triton kernel `kernels/hash.py`
 computes it; both take the rotations made here.
 """
 import torch
