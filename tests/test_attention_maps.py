@@ -5,7 +5,8 @@ import torch
 from dlsn import DLSN, GLA
 from dlsn.ops import reference
 from dlsn.nn.hashing import sblsh_rotations
-from dlsn.sr.attention_maps import attention_weights, capture_gla_inputs, gla_layers, texture_queries
+from dlsn.nn import gla_layers
+from dlsn.sr.attention_maps import attention_weights, capture_gla_inputs, texture_queries
 from dlsn.sr.checkpoint import save_weights
 from dlsn.sr.cli import main
 

@@ -74,8 +74,7 @@ def test_learned_scores_are_the_learnable_term_alone():
         # Hashing by the real queries, attention with the dot term removed, written out from the stages.
         perm, inv = reference.sort_permutation(reference.hash_codes(q, rotations), 16)
         n, h, lp = perm.shape
-        gathered = lambda rows: reference._gather_rows(rows, perm).reshape(n, h, lp // 16, 16, rows.shape[-1])
-        windows = lambda rows: reference._windows(gathered(rows))
+        windows = lambda rows: reference.gather_rows(rows, reference.window_positions(perm, 16))
         scores = windows(F).transpose(-1, -2)  # s_tj = F_{S(j)}[i]
         out = torch.softmax(scores, dim=-1) @ windows(v)
         lse = torch.logsumexp(scores, dim=-1)

@@ -2,25 +2,11 @@
 import torch
 from torch import nn
 
-from ..ops import reference
+from .. import ops
+from ..ops import checks
 from .hashing import n_buckets, sblsh_rotations
-from ..kernels.constants import CHUNK_SIZES
-from ..ops import triton_device_problem
-from ..ops.extension import extension_available
 
-BACKENDS = ("auto", "reference", "triton")
-FP32_PRECISIONS = (None, "ieee", "tf32", "tf32x3")
-# torch.get_float32_matmul_precision() -> the kernels' float32 dot mode.
-MATMUL_PRECISION_TO_FP32 = {"highest": "ieee", "high": "tf32x3", "medium": "tf32"}
 SIMILARITIES = ("both", "dot", "learned")
-
-
-def _triton_importable() -> bool:
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 def _conv_relu(in_channels, out_channels):
@@ -68,16 +54,12 @@ class GLA(nn.Module):
         super().__init__()
         for name, value in (("channels", channels), ("reduction", reduction), ("chunk_size", chunk_size),
                             ("n_hashes", n_hashes), ("max_buckets", max_buckets)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"GLA: {name} must be a positive integer, got {value!r}")
+            checks.positive_int(f"GLA: {name}", value)
         if channels % reduction:
             raise ValueError(f"GLA: channels ({channels}) must be divisible by reduction ({reduction})")
-        if backend not in BACKENDS:
-            raise ValueError(f"GLA: backend must be one of {BACKENDS}, got {backend!r}")
-        if fp32_precision not in FP32_PRECISIONS:
-            raise ValueError(f"GLA: fp32_precision must be one of {FP32_PRECISIONS}, got {fp32_precision!r}")
-        if similarity not in SIMILARITIES:
-            raise ValueError(f"GLA: similarity must be one of {SIMILARITIES}, got {similarity!r}")
+        checks.one_of("GLA: backend", backend, ops.BACKENDS)
+        checks.fp32_precision("GLA: fp32_precision", fp32_precision, allow_none=True)
+        checks.one_of("GLA: similarity", similarity, SIMILARITIES)
         self.similarity = similarity
         self.channels = channels
         self.reduction = reduction
@@ -127,26 +109,11 @@ class GLA(nn.Module):
 
     def kernel_precision(self):
         """The float32 dot mode the fused kernels get now: "ieee", "tf32" or "tf32x3"."""
-        if self.fp32_precision is not None:
-            return self.fp32_precision
-        return MATMUL_PRECISION_TO_FP32[torch.get_float32_matmul_precision()]
+        return ops.resolve_precision(self.fp32_precision)
 
     def resolve_backend(self, x):
-        """The backend a call on `x` runs: "reference" or "triton"."""
-        if self.backend == "reference":
-            return "reference"
-        if self.backend == "auto":
-            # CPU tensors never import triton here: importing it fixes whether its interpreter is used.
-            triton_ok = x.is_cuda and self.chunk_size in CHUNK_SIZES and _triton_importable() and extension_available()
-            return "triton" if triton_ok else "reference"
-        if not _triton_importable():
-            raise RuntimeError("GLA(backend='triton') needs the triton package; install it or use backend='reference'")
-        if self.chunk_size not in CHUNK_SIZES:
-            raise ValueError(f"GLA(backend='triton') supports chunk_size in {CHUNK_SIZES}, got {self.chunk_size}")
-        problem = triton_device_problem(x.device)
-        if problem:
-            raise RuntimeError(f"GLA(backend='triton') got a tensor on {x.device}: {problem}")
-        return "triton"
+        """The backend a call on `x` runs: "reference" or "triton" (`dlsn.ops.resolve_backend`)."""
+        return ops.resolve_backend(self.backend, x.device, self.chunk_size)
 
     def _check_input(self, x, rotations):
         if not isinstance(x, torch.Tensor):
@@ -213,17 +180,22 @@ class GLA(nn.Module):
         turns non-finite input into a ValueError naming the layer.
         """
         self._check_input(x, rotations)
-        backend = self.resolve_backend(x)
         if rotations is None:
             rotations = self.rotations_for(x.shape[2] * x.shape[3], x.device)
         q, v, learned = self.embed(x)
-        # similarity="learned": positions are hashed by their queries but attend with zero ones (keys
-        # normalise to zero too), so every score is the learnable term alone; `q * 0` keeps
-        # conv_match in the graph with a zero gradient (no unused parameters under DDP).
-        attention_q = q * 0 if self.similarity == "learned" else q
-        if backend == "triton":
-            from ..ops.fused import gla_attention
+        return ops.gla_attention(self.attention_queries(q), v, learned, rotations, self.chunk_size, x,
+                                 self.res_scale, backend=self.backend, precision=self.fp32_precision, hash_q=q)
 
-            return gla_attention(attention_q, v, learned, rotations, self.chunk_size, x, self.res_scale,
-                                 precision=self.kernel_precision(), hash_q=q)
-        return reference.gla_core(attention_q, v, learned, rotations, self.chunk_size, x, self.res_scale, hash_q=q)
+    def attention_queries(self, q):
+        """The queries the attention scores use, given those the positions are hashed by.
+
+        similarity="learned": positions are hashed by their queries but attend with zero ones (keys
+        normalise to zero too), so every score is the learnable term alone; `q * 0` keeps
+        conv_match in the graph with a zero gradient (no unused parameters under DDP).
+        """
+        return q * 0 if self.similarity == "learned" else q
+
+
+def gla_layers(model):
+    """The GLA layers of `model` in module order."""
+    return [module for module in model.modules() if isinstance(module, GLA)]

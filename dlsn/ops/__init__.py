@@ -1,26 +1,44 @@
-"""The op layer between the kernels (`dlsn.kernels`, `dlsn._C`) and the GLA module.
+"""The op layer: GLA's attention core on either backend, between the kernels and the GLA module.
 
-- `dlsn.ops.scatter`: Python side of the C++/CUDA extension ops `dlsn::scatter_back` and
-  `dlsn::attention_grad_rows` (fake implementations; imported by `dlsn` itself, never fails).
-- `dlsn.ops.fused`: the one entrance to the fused path: checked stage functions and the
-  differentiable custom op `dlsn::gla_attention_fwd` with its backward. Imported on demand, since
-  importing triton decides whether its CPU interpreter is used.
+    gla_attention(q, v, learned, rotations, chunk_size, x, res_scale, backend="auto", precision=None,
+                  hash_q=None) -> y [N, C, H, W]
+
+is the one backend switch (`backends.resolve_backend`): "reference" runs `reference.gla_core` (pure
+PyTorch, any device, the oracle every kernel is tested against), "triton" runs `fused.gla_attention`
+(the Triton kernels and the `dlsn._C` extension). Modules:
+
+- `checks`: argument rules shared by every layer (positive integers, float32 dot modes).
+- `backends`: which backend runs, and the float32 dot mode of the kernels.
+- `reference`: docs/gla.md stage by stage in PyTorch; also the pieces `dlsn.sr.attention_maps` uses.
+- `fused`: checked stage functions and the differentiable custom ops over the kernels. Imported on
+  demand, since importing triton decides whether its CPU interpreter is used.
+- `scatter`: Python side of the extension ops (fake implementations; imported by `dlsn`, never fails).
+- `extension`: loads `dlsn._C` lazily with a clear error when it is missing.
 """
-import torch
+from . import reference
+from .backends import BACKENDS, resolve_backend, resolve_precision
+
+__all__ = ["gla_attention", "resolve_backend", "resolve_precision", "BACKENDS"]
 
 
-def triton_device_problem(device):
-    """Why the Triton kernels cannot run on tensors of `device`, or None when they can. Imports
-    triton (through kernels/launch.py, which holds the one TRITON_INTERPRET test): call it only on
-    the way to the kernels."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        return None
-    if device.type == "cpu":
-        from ..kernels.launch import interpreting
+def gla_attention(q, v, learned, rotations, chunk_size, x, res_scale, backend="auto", precision=None, hash_q=None):
+    """GLA after the embeddings: hash, sort, window attention, scatter-back, residual -> y [N, C, H, W].
 
-        if interpreting():
-            return None
-        return ("the Triton kernels need CUDA tensors (or TRITON_INTERPRET=1, set before triton is "
-                "imported, to run them on the CPU interpreter)")
-    return "the Triton kernels need CUDA tensors"
+    Args:
+        q [N, L, c], v [N, L, C], learned [N, L, chunk_size]: the embeddings (`dlsn.GLA.embed`).
+        rotations [h, c, b]: SB-LSH rotations, projected in float32.
+        chunk_size: the chunk size `l`.
+        x [N, C, H, W], H * W = L: the residual.
+        res_scale: float, scale of the attention output.
+        backend: "auto", "reference" or "triton" (see `resolve_backend`).
+        precision: float32 dot mode of the fused kernels ("ieee", "tf32", "tf32x3"; None follows
+            `torch.get_float32_matmul_precision()`); the reference follows torch's own setting.
+        hash_q: [N, L, c] queries the positions are hashed by (default: q).
+    Both backends compute the same function (docs/gla.md); gradients reach q, v, learned and x.
+    """
+    if resolve_backend(backend, x.device, chunk_size) == "triton":
+        from . import fused
+
+        return fused.gla_attention(q, v, learned, rotations, chunk_size, x, res_scale,
+                                   precision=resolve_precision(precision), hash_q=hash_q)
+    return reference.gla_core(q, v, learned, rotations, chunk_size, x, res_scale, hash_q=hash_q)

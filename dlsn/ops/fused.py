@@ -54,13 +54,13 @@ from ..kernels.constants import CHUNK_SIZES
 from ..kernels.hash import sblsh_hash_fwd
 from ..kernels.window_attention import window_attn_fwd
 from ..kernels.window_attention_bwd import window_attn_bwd
-from . import triton_device_problem
+from .backends import triton_device_problem
+from .checks import fp32_precision, positive_int
 from .scatter import attention_grad_rows, scatter_back
 
 __all__ = ["gla_attention", "sorted_attention", "triton_hash", "triton_sort", "triton_window_attention"]
 
 FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-PRECISIONS = ("ieee", "tf32", "tf32x3")
 
 
 # Checks ------------------------------------------------------------------------------------------
@@ -91,16 +91,6 @@ def _check_device(named_tensors):
 def _check_shape(name, tensor, expected, meaning):
     if tuple(tensor.shape) != tuple(expected):
         raise ValueError(f"{name} must have shape {meaning} = {list(expected)}, got {list(tensor.shape)}")
-
-
-def _check_positive_int(name, value):
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-
-
-def _check_precision(precision):
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
 
 
 def _check_index_range(name, index, upper):
@@ -147,7 +137,7 @@ def _check_perm(perm, q, chunk_size):
 def _check_attention_inputs(q, v, learned, x, chunk_size, res_scale, precision):
     """Everything the attention op takes besides the slots; returns the device."""
     device = _check_embeddings(q, v, learned, chunk_size)
-    _check_precision(precision)
+    fp32_precision("precision", precision)
     _check_tensor("x", x, 4, FLOAT_DTYPES)
     _check_device([("q", q), ("x", x)])
     n_batch, length, channels = v.shape
@@ -195,8 +185,8 @@ def triton_sort(codes, n_buckets, chunk_size, check_range=True):
         and inv [N, h, L] int32 (slot of each position).
     """
     _check_tensor("codes", codes, 3, (torch.int32, torch.int64))
-    _check_positive_int("n_buckets", n_buckets)
-    _check_positive_int("chunk_size", chunk_size)
+    positive_int("n_buckets", n_buckets)
+    positive_int("chunk_size", chunk_size)
     device = _check_device([("codes", codes)])
     if check_range:
         _check_index_range("codes", codes, n_buckets)
@@ -217,7 +207,7 @@ def triton_window_attention(q, v, learned, perm, chunk_size, precision="ieee", c
         O [N, h, L, C] in v's dtype, round_max and round_sum [N, h, L] float32, for the real slots.
     """
     device = _check_embeddings(q, v, learned, chunk_size)
-    _check_precision(precision)
+    fp32_precision("precision", precision)
     _check_perm(perm, q, chunk_size)
     if check_range:
         _check_index_range("perm", perm, q.shape[1])

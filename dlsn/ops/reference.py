@@ -1,8 +1,9 @@
 """Pure-PyTorch reference of Global Learnable Attention (docs/gla.md says what it computes).
 
-Every fused kernel is checked against these functions; nothing in the package's production path
-imports this module. They follow docs/gla.md literally, stage by stage, so tests can drive each
-stage with injected inputs. They are device- and dtype-agnostic: hashing projects in float32 (a
+Every fused kernel is checked against these functions, and `dlsn.ops.gla_attention` runs them as
+the "reference" backend (any device; the default off CUDA). They follow docs/gla.md literally,
+stage by stage, so tests can drive each stage with injected inputs; `dlsn.sr.attention_maps`
+reuses the window, score and merge pieces. They are device- and dtype-agnostic: hashing projects in float32 (a
 flipped argmax moves a position to another bucket); everything else runs in the dtype of its
 inputs, so a bfloat16 call measures what plain PyTorch gets in bfloat16.
 
@@ -11,7 +12,6 @@ score term), rotations [h, c, b], `perm` [N, h, Lp] and `inv` [N, h, L] as int64
 produce int32).
 """
 import torch
-
 
 from ..kernels.constants import KEY_NORM_EPS
 
@@ -49,16 +49,36 @@ def sort_permutation(codes, chunk_size):
     return order, inv
 
 
-def _gather_rows(rows, perm):
-    """rows [N, L, D], perm [N, h, Lp] -> [N, h, Lp, D]."""
+def normalized_keys(q):
+    """Keys `q / max(||q||_2, KEY_NORM_EPS)` (docs/gla.md §4): a zero query gives a zero key."""
+    return q / q.norm(dim=-1, keepdim=True).clamp_min(KEY_NORM_EPS)
+
+
+def window_positions(perm, chunk_size):
+    """perm [N, h, Lp] -> [N, h, nC, 3l]: the positions of each chunk's key window, chunk k, then
+    k+1, then k-1 (mod nC), as published (docs/gla.md §4)."""
     n, h, lp = perm.shape
-    flat = perm.reshape(n, h * lp, 1).expand(-1, -1, rows.shape[-1])
-    return rows.gather(1, flat).reshape(n, h, lp, rows.shape[-1])
-
-
-def _windows(chunks):
-    """[N, h, nC, l, D] -> [N, h, nC, 3l, D]: chunk k, then k+1, then k-1 (mod nC), as published."""
+    chunks = perm.reshape(n, h, lp // chunk_size, chunk_size)
     return torch.cat([chunks, chunks.roll(-1, dims=2), chunks.roll(1, dims=2)], dim=3)
+
+
+def gather_rows(rows, positions):
+    """rows [N, L, D] at positions [N, *S] -> [N, *S, D]."""
+    n, shape = positions.shape[0], positions.shape[1:]
+    flat = positions.reshape(n, -1, 1).expand(-1, -1, rows.shape[-1])
+    return rows.gather(1, flat).reshape(n, *shape, rows.shape[-1])
+
+
+def window_scores(queries, keys, learned_terms, matmul=torch.matmul):
+    """`s = queries . keysᵀ + learned_terms`: queries [..., Q, c], keys [..., K, c] (normalised),
+    learned_terms [..., Q, K] (the learned term of key j at query i's place in its chunk)."""
+    return matmul(queries, keys.transpose(-1, -2)) + learned_terms
+
+
+def merge_weights(lse):
+    """Weights of the hash rounds (dim 1) of each position: `softmax_r(lse_r)`. torch.softmax
+    subtracts the largest `lse_r` before exponentiating, so they sum to 1 at any score magnitude."""
+    return torch.softmax(lse, dim=1)
 
 
 def window_attention(q, v, learned, perm, chunk_size, matmul=torch.matmul):
@@ -70,32 +90,23 @@ def window_attention(q, v, learned, perm, chunk_size, matmul=torch.matmul):
     """
     n, h, lp = perm.shape
     length = q.shape[1]
-    n_chunks = lp // chunk_size
-    keys = q / q.norm(dim=-1, keepdim=True).clamp_min(KEY_NORM_EPS)
-
-    def chunked(rows):
-        return _gather_rows(rows, perm).reshape(n, h, n_chunks, chunk_size, rows.shape[-1])
-
-    q_chunks = chunked(q)
-    key_windows = _windows(chunked(keys))
-    value_windows = _windows(chunked(v))
-    learned_windows = _windows(chunked(learned))  # [N, h, nC, 3l, l]: learned[key j, query slot i]
-    scores = matmul(q_chunks, key_windows.transpose(-1, -2)) + learned_windows.transpose(-1, -2)
+    windows = window_positions(perm, chunk_size)                        # [N, h, nC, 3l]
+    q_chunks = gather_rows(q, perm.reshape(n, h, -1, chunk_size))       # [N, h, nC, l, c]
+    # learned[key j, query slot i]: the window's rows of `learned`, transposed to [.., l, 3l].
+    learned_terms = gather_rows(learned, windows).transpose(-1, -2)
+    scores = window_scores(q_chunks, gather_rows(normalized_keys(q), windows), learned_terms, matmul)
     lse = torch.logsumexp(scores, dim=-1, keepdim=True)
-    out = matmul(torch.exp(scores - lse), value_windows)
+    out = matmul(torch.exp(scores - lse), gather_rows(v, windows))
     out = out.reshape(n, h, lp, v.shape[-1])[:, :, :length]
     return out, lse.reshape(n, h, lp)[:, :, :length]
 
 
 def scatter_back(O, lse, inv):
-    """Unsort each round and merge the rounds with `softmax_r(lse)` -> `out` [N, L, C], `LSE` [N, L].
-
-    torch.softmax subtracts the largest `lse_r` before exponentiating, so the weights sum to 1 at
-    any score magnitude."""
+    """Unsort each round and merge the rounds with `merge_weights` -> `out` [N, L, C], `LSE` [N, L]."""
     n, h, length, channels = O.shape
     O_pos = O.gather(2, inv.unsqueeze(-1).expand(-1, -1, -1, channels))
     lse_pos = lse.gather(2, inv)
-    weights = torch.softmax(lse_pos, dim=1)
+    weights = merge_weights(lse_pos)
     out = (O_pos * weights.unsqueeze(-1)).sum(dim=1)
     return out, torch.logsumexp(lse_pos, dim=1)
 

@@ -8,8 +8,9 @@ several rounds; its weights add. Hence, for every query `p`,
 
     out[p] = sum_j weights[p, j] * v[j],     y[p] = res_scale * out[p] + x[p]
 
-with `out` the layer's attention output (before the residual). The weights are computed from the
-reference stages (`dlsn.ops.reference`: hashing, stable sort, windows) for the selected queries only:
+with `out` the layer's attention output (before the residual). The weights are computed with the
+reference backend's pieces (`dlsn.ops.reference`: hashing, stable sort, key windows, scores, round
+merge) for the selected queries only:
 memory is `O(Q * h * 3l * c)` for `Q` queries, plus the layer's own `[N, L, *]` embeddings.
 
 `learned_term=True` scores as the layer does (its `similarity`: dot product plus learnable term, or
@@ -28,17 +29,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from ..nn import GLA, gla_layers
 from ..ops import reference
-from ..nn.gla import GLA
-from ..kernels.constants import KEY_NORM_EPS
 
-__all__ = ["attention_weights", "capture_gla_inputs", "gla_layers", "texture_queries", "add_attention_arguments",
+__all__ = ["attention_weights", "capture_gla_inputs", "texture_queries", "add_attention_arguments",
            "run_attention"]
-
-
-def gla_layers(model):
-    """The GLA layers of `model` in module order (layer `K` of `dlsn attention --layer K`)."""
-    return [module for module in model.modules() if isinstance(module, GLA)]
 
 
 def _query_index(queries, length, device):
@@ -75,31 +70,23 @@ def attention_weights(layer: GLA, x: torch.Tensor, queries, rotations=None, lear
     queries = _query_index(queries, length, x.device)
     chunk = layer.chunk_size
     q, v, learned = layer.embed(x)
-    keys = q / q.norm(dim=-1, keepdim=True).clamp_min(KEY_NORM_EPS)
     perm, inv = reference.sort_permutation(reference.hash_codes(q, rotations), chunk)
-    n_chunks = perm.shape[-1] // chunk
-
     slot = inv[:, :, queries]                                   # [N, h, Q]: the query's slot per round
-    home = slot // chunk
-    # The window of the query's chunk k, in the forward's order: chunks k, k+1, k-1 (mod nC).
-    window_chunks = torch.stack([home, (home + 1) % n_chunks, (home - 1) % n_chunks], dim=-1)
-    window_slots = (window_chunks.unsqueeze(-1) * chunk + torch.arange(chunk, device=x.device)).flatten(-2)
-    h, q_count, width = window_slots.shape[1], window_slots.shape[2], window_slots.shape[3]
-    key_pos = perm.gather(2, window_slots.reshape(n, h, -1)).reshape(n, h, q_count, width)  # [N, h, Q, 3l]
-
-    dot = torch.einsum("nqc,nhqjc->nhqj", q[:, queries],
-                       keys.gather(1, key_pos.reshape(n, -1, 1).expand(-1, -1, keys.shape[-1]))
-                       .reshape(n, h, q_count, width, -1))
-    if not learned_term:
-        scores = dot
-    else:
+    windows = reference.window_positions(perm, chunk)           # [N, h, nC, 3l]
+    key_pos = windows.gather(2, (slot // chunk).unsqueeze(-1).expand(-1, -1, -1, windows.shape[-1]))
+    keys = reference.gather_rows(reference.normalized_keys(q), key_pos)   # [N, h, Q, 3l, c]
+    if learned_term:
         # The learned term of the KEY at the query's offset i within its chunk, read straight from the [N, L, l] rows.
         offset = (slot % chunk).unsqueeze(-1)
-        term = learned.reshape(n, -1).gather(1, (key_pos * chunk + offset).reshape(n, -1)).reshape(dot.shape)
+        terms = learned.reshape(n, -1).gather(1, (key_pos * chunk + offset).reshape(n, -1)).reshape(key_pos.shape)
         # A layer with similarity="learned" attends with the learnable term alone.
-        scores = term if layer.similarity == "learned" else dot + term
-    round_lse = torch.logsumexp(scores, dim=-1)                 # [N, h, Q]
-    merged = torch.softmax(scores, dim=-1) * torch.softmax(round_lse, dim=1).unsqueeze(-1)
+        dot_q = layer.attention_queries(q)
+    else:
+        terms, dot_q = torch.zeros(key_pos.shape, dtype=q.dtype, device=x.device), q
+    query_rows = dot_q[:, queries].unsqueeze(1).unsqueeze(-2)   # [N, 1, Q, 1, c]
+    scores = reference.window_scores(query_rows, keys, terms.unsqueeze(-2)).squeeze(-2)   # [N, h, Q, 3l]
+    merged = torch.softmax(scores, dim=-1) * reference.merge_weights(torch.logsumexp(scores, dim=-1)).unsqueeze(-1)
+    h, q_count, width = key_pos.shape[1:]
     weights = torch.zeros(n, q_count, length, dtype=merged.dtype, device=x.device)
     weights.scatter_add_(2, key_pos.transpose(1, 2).reshape(n, q_count, h * width),
                          merged.transpose(1, 2).reshape(n, q_count, h * width))
