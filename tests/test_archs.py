@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dlsn.models.backbones import EDSR, FSRCNN, RCAN, build_model, load_backbone
+from dlsn.models import EDSR, FSRCNN, RCAN, build_model, load_backbone
 from dlsn.sr.checkpoint import CheckpointError, load_model, save_weights
 from dlsn.sr.cli import main
 from dlsn.sr.config import ModelConfig, load_config
@@ -153,9 +153,9 @@ def test_plain_checkpoint_loads_strictly_into_the_gla_variant(arch):
 
 @pytest.mark.parametrize("make,kwargs,names", [
     (edsr, dict(scale=3), ["tail.0.0.weight: checkpoint (64, 16, 3, 3) vs model (144, 16, 3, 3)"]),
-    (edsr, dict(scale=4), ["missing backbone keys (2): tail.0.2.bias; tail.0.2.weight"]),
+    (edsr, dict(scale=4), ["missing keys (2): tail.0.2.weight; tail.0.2.bias"]),
     (edsr, dict(n_feats=8), ["head.0.weight: checkpoint (16, 3, 3, 3) vs model (8, 3, 3, 3)"]),
-    (edsr, dict(n_resblocks=2), ["missing backbone keys (2): body.2.bias", "unexpected keys (6)", "body.3.weight"]),
+    (edsr, dict(n_resblocks=2), ["missing keys (2): body.2.weight; body.2.bias", "unexpected keys (6)", "body.3.weight"]),
     (rcan, dict(scale=3), ["tail.0.0.weight"]),
     (rcan, dict(n_feats=16), ["head.0.weight", "conv_du"]),
 ])

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from dlsn.sr.cli import main
-from dlsn.models.backbones import build_model
+from dlsn.models import build_model
 from dlsn.sr.config import load_config
 from dlsn.sr.imageio import read_image, write_image
 from dlsn.sr.inference import DEFAULT_BORDER_PAD, upscale_tensor

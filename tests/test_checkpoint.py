@@ -6,6 +6,7 @@ import torch
 
 import dlsn
 from dlsn.sr import checkpoint as ckpt
+from dlsn.models import infer_arguments
 from dlsn.sr.checkpoint import CheckpointError
 
 SMALL = dict(n_resgroups=2, n_resblocks=2, n_feats=16, reduction=4, chunk_size=16)
@@ -42,7 +43,7 @@ def test_published_formats_load(tmp_path, wrap):
 
 @pytest.mark.parametrize("scale", [2, 3, 4])
 def test_architecture_is_inferred(scale):
-    arch = ckpt.infer_architecture(small_model(scale=scale, rgb_range=255.0).state_dict())
+    arch = infer_arguments(small_model(scale=scale, rgb_range=255.0).state_dict())
     assert arch == dict(scale=scale, rgb_range=255.0, **SMALL)
 
 

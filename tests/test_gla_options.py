@@ -73,7 +73,7 @@ def test_bad_precision_is_a_clear_error(no_launch):
 
 
 def test_dlsn_and_config_pass_the_options_through():
-    from dlsn.models.backbones import build_model
+    from dlsn.models import build_model
     from dlsn.sr.config import ModelConfig
 
     model = dlsn.DLSN(n_resgroups=2, n_resblocks=1, n_feats=8, chunk_size=16, fp32_precision="tf32", check_finite=True)

@@ -24,27 +24,21 @@ features entering backbone stage `p`:
   before the deconvolution). Positions 0 and m+2 see `d` channels, the others `s`.
 GLA layer `k` (in position order) uses eval seed `k`, as DLSN's layers do.
 
-`build_model(model_config)` builds any of `ARCHS` (DLSN included) from a `ModelConfig` or a dict;
-config fields map to constructor arguments as `ARCH_FIELDS` lists.
+`dlsn.models.registry` builds, detects and reads the arguments of every architecture.
 """
 from __future__ import annotations
-
-import dataclasses
-import re
 
 import torch
 from torch import nn
 
-from ..nn.gla import GLA
-from .dlsn import (DIV2K_RGB_MEAN, DLSN, SUPPORTED_SCALES, MeanShift, Upsampler, _positive_rounds, default_conv,
-                    unwrap_state_dict)
+from ..nn import GLA
+from .blocks import HashRounds, MeanShift, Upsampler, check_scale, default_conv
+from .state_dict import load_state_dict_strict
 
-__all__ = ["ARCHS", "ARCH_FIELDS", "EDSR", "RCAN", "FSRCNN", "build_model", "load_backbone", "detect_arch", "load_arch_model"]
-
-ARCHS = ("dlsn", "edsr", "rcan", "fsrcnn")
+__all__ = ["EDSR", "RCAN", "FSRCNN", "load_backbone"]
 
 
-class _GLAInserts(nn.Module):
+class _GLAInserts(HashRounds, nn.Module):
     """Mixin: `self.gla` = GLA layers keyed by the backbone stage they run before."""
 
     def _make_gla(self, positions, n_positions, channels_at, reduction, chunk_size, n_hashes, gla_options):
@@ -54,7 +48,7 @@ class _GLAInserts(nn.Module):
             raise ValueError(f"{type(self).__name__}: gla_positions must be distinct integers in 0..{n_positions}, "
                              f"got {positions}")
         self.gla_positions = sorted(positions)
-        self._rounds = {True: n_hashes, False: n_hashes}  # hash rounds in train / eval mode
+        self._init_hash_rounds(n_hashes)
         self.gla = nn.ModuleDict({
             str(p): GLA(channels_at(p), reduction=reduction, chunk_size=chunk_size, n_hashes=n_hashes,
                         res_scale=1.0, eval_seed=seed, **gla_options)
@@ -71,32 +65,12 @@ class _GLAInserts(nn.Module):
             x = self.gla[str(len(stages))](x)
         return x
 
-    def gla_layers(self):
-        return [self.gla[str(p)] for p in self.gla_positions]
-
-    def set_n_hashes(self, n_hashes, training=False):
-        """Use `n_hashes` hash rounds in eval mode (or in training mode with `training=True`) in every
-        GLA layer, as `DLSN.set_n_hashes`; the weights are untouched. Returns the model."""
-        self._rounds[bool(training)] = _positive_rounds(n_hashes)
-        return self.train(self.training)
-
-    def train(self, mode=True):
-        super().train(mode)
-        for layer in self.gla_layers():
-            layer.n_hashes = self._rounds[bool(mode)]
-        return self
-
     def _check_input(self, x):
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"{type(self).__name__} expects a torch.Tensor, got {type(x).__name__}")
         if x.dim() != 4 or x.shape[1] != self.n_colors or not x.is_floating_point():
             raise ValueError(f"{type(self).__name__} expects a floating-point x of shape [N, {self.n_colors}, H, W], "
                              f"got {x.dtype} {tuple(x.shape)}")
-
-
-def _check_scale(name, scale):
-    if scale not in SUPPORTED_SCALES:
-        raise ValueError(f"{name} supports scales {SUPPORTED_SCALES}, got {scale!r}")
 
 
 class _HeadBodyTail(_GLAInserts):
@@ -134,7 +108,7 @@ class EDSR(_HeadBodyTail):
     def __init__(self, scale=2, n_resblocks=16, n_feats=64, res_scale=1.0, rgb_range=1.0, n_colors=3,
                  gla_positions=(), reduction=4, chunk_size=128, n_hashes=3, **gla_options):
         super().__init__()
-        _check_scale("EDSR", scale)
+        check_scale("EDSR", scale)
         self.scale, self.rgb_range, self.n_colors = scale, rgb_range, n_colors
         self.sub_mean = MeanShift(rgb_range, sign=-1)
         self.head = nn.Sequential(default_conv(n_colors, n_feats, 3))
@@ -191,7 +165,7 @@ class RCAN(_HeadBodyTail):
     def __init__(self, scale=2, n_resgroups=10, n_resblocks=20, n_feats=64, ca_reduction=16, rgb_range=1.0,
                  n_colors=3, gla_positions=(), reduction=4, chunk_size=128, n_hashes=3, **gla_options):
         super().__init__()
-        _check_scale("RCAN", scale)
+        check_scale("RCAN", scale)
         if n_feats % ca_reduction:
             raise ValueError(f"RCAN: n_feats ({n_feats}) must be divisible by ca_reduction ({ca_reduction})")
         self.scale, self.rgb_range, self.n_colors = scale, rgb_range, n_colors
@@ -213,7 +187,7 @@ class FSRCNN(_GLAInserts):
     def __init__(self, scale=2, d=56, s=12, m=4, rgb_range=1.0, n_colors=3, gla_positions=(), reduction=4,
                  chunk_size=128, n_hashes=3, **gla_options):
         super().__init__()
-        _check_scale("FSRCNN", scale)
+        check_scale("FSRCNN", scale)
         self.scale, self.rgb_range, self.n_colors = scale, rgb_range, n_colors
         self.first_part = nn.Sequential(nn.Conv2d(n_colors, d, 5, padding=2), nn.PReLU(d))
         mid = [nn.Conv2d(d, s, 1), nn.PReLU(s)]
@@ -243,170 +217,8 @@ class FSRCNN(_GLAInserts):
         return self.last_part(self._stages(stages, x))
 
 
-# Config fields (`dlsn.sr.config.ModelConfig`) each architecture reads, as constructor arguments.
-# GLA keywords every architecture passes to its GLA layers unchanged.
-_GLA_OPTIONS = {name: name for name in ("backend", "fp32_precision", "check_finite", "similarity")}
-ARCH_FIELDS = {
-    "edsr": {"scale": "scale", "n_resblocks": "n_resblocks", "n_feats": "n_feats", "res_scale": "res_scale",
-             "rgb_range": "rgb_range", "gla_positions": "gla_positions", "reduction": "reduction",
-             "chunk_size": "chunk_size", "n_hashes": "n_hashes", **_GLA_OPTIONS},
-    "rcan": {"scale": "scale", "n_resgroups": "n_resgroups", "n_resblocks": "n_resblocks", "n_feats": "n_feats",
-             "rgb_range": "rgb_range", "gla_positions": "gla_positions", "reduction": "reduction",
-             "chunk_size": "chunk_size", "n_hashes": "n_hashes", **_GLA_OPTIONS},
-    # FSRCNN: n_feats is d, n_resblocks is m (mapping layers); s is the published 12.
-    "fsrcnn": {"scale": "scale", "n_feats": "d", "n_resblocks": "m", "rgb_range": "rgb_range",
-               "gla_positions": "gla_positions", "reduction": "reduction", "chunk_size": "chunk_size",
-               "n_hashes": "n_hashes", **_GLA_OPTIONS},
-}
-_CLASSES = {"edsr": EDSR, "rcan": RCAN, "fsrcnn": FSRCNN}
-_NOT_DLSN = ("arch", "gla_positions")
-
-
-def build_model(model_config):
-    """The network a `ModelConfig` (or a dict of its fields) describes; `arch` defaults to "dlsn"."""
-    fields = dataclasses.asdict(model_config) if dataclasses.is_dataclass(model_config) else dict(model_config)
-    arch = fields.get("arch", "dlsn")
-    if arch not in ARCHS:
-        raise ValueError(f"model.arch must be one of {ARCHS}, got {arch!r}")
-    if arch == "dlsn":
-        if fields.get("gla_positions"):
-            raise ValueError("model.gla_positions is for arch edsr/rcan/fsrcnn; DLSN has a GLA in every group")
-        return DLSN(**{k: v for k, v in fields.items() if k not in _NOT_DLSN})
-    from ..sr.config import ModelConfig
-
-    # A field this architecture does not read must keep its default: a setting that silently does
-    # nothing (local_fusion=false on EDSR, say) would be a wrong experiment.
-    defaults = dataclasses.asdict(ModelConfig())
-    ignored = sorted(name for name, value in fields.items()
-                     if name not in ARCH_FIELDS[arch] and name != "arch" and value != defaults.get(name, value))
-    if ignored:
-        raise ValueError(f"model.arch {arch!r} does not use model.{', model.'.join(ignored)}; "
-                         f"it reads {', '.join(sorted(ARCH_FIELDS[arch]))}")
-    kwargs = {argument: fields[name] for name, argument in ARCH_FIELDS[arch].items() if name in fields}
-    return _CLASSES[arch](**kwargs)
-
-
 def load_backbone(model, state_dict):
-    """Load a plain EDSR/RCAN/FSRCNN checkpoint strictly into `model` (plain or with GLA layers).
-
-    Every checkpoint key must exist in `model` with the same shape, and every model key the checkpoint
-    lacks must be a GLA key (`gla.*`); otherwise `CheckpointError` names the keys (a wrong scale shows
-    as `tail.*` shape mismatches or unexpected keys, a wrong width as mismatches everywhere). Wrappers
-    (`params_ema`, `state_dict`, ...) and a `module.` prefix are removed first. Nothing is copied
-    unless everything fits. Returns the sorted list of model keys that were not in the checkpoint
-    (the new GLA keys, left at their initialisation).
-    """
-    from ..sr.checkpoint import CheckpointError
-
-    state_dict = unwrap_state_dict(state_dict)
-    own = model.state_dict()
-    new = sorted(k for k in own if k not in state_dict)
-    missing = [k for k in new if not k.startswith("gla.")]
-    unexpected = [k for k in state_dict if k not in own]
-    mismatched = [f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}"
-                  for k in state_dict if k in own and state_dict[k].shape != own[k].shape]
-    if missing or unexpected or mismatched:
-        parts = []
-        for title, items in (("shape mismatches", mismatched), ("missing backbone keys", missing),
-                             ("unexpected keys", unexpected)):
-            if items:
-                shown = items[:8] + ([f"... and {len(items) - 8} more"] if len(items) > 8 else [])
-                parts.append(f"{title} ({len(items)}): " + "; ".join(shown))
-        raise CheckpointError(f"checkpoint does not fit this {type(model).__name__} (check scale, width and depth): "
-                              + " | ".join(parts))
-    result = nn.Module.load_state_dict(model, state_dict, strict=False)
-    assert not result.unexpected_keys and sorted(result.missing_keys) == new  # guaranteed by the checks above
-    return new
-
-
-def detect_arch(state_dict):
-    """Which of `ARCHS` a plain state dict belongs to, from its key names (None if none fits)."""
-    if "first_part.0.weight" in state_dict and "last_part.weight" in state_dict:
-        return "fsrcnn"
-    if any(".conv_match." in key for key in state_dict if key.startswith("body.")):
-        return "dlsn"
-    if "body.0.body.0.body.3.conv_du.0.weight" in state_dict:
-        return "rcan"
-    if "body.0.body.0.weight" in state_dict and "head.0.weight" in state_dict:
-        return "edsr"
-    return None
-
-
-def _count(state_dict, pattern):
-    return len({m.group(1) for key in state_dict for m in [re.match(pattern, key)] if m})
-
-
-def _infer_kwargs(arch, state_dict):
-    """Constructor arguments of a plain or GLA EDSR/RCAN/FSRCNN read off its weights (no config stored).
-
-    Not in the weights: `n_hashes` (GLA's default 3), FSRCNN's scale (the caller's), EDSR's
-    `res_scale` (EDSR-PyTorch's convention: 0.1 for the 256-feature model, else 1).
-    """
-    positions = sorted({int(m.group(1)) for key in state_dict for m in [re.match(r"gla\.(\d+)\.", key)] if m})
-    kwargs = {"gla_positions": positions}
-    if positions:
-        first = f"gla.{positions[0]}."
-        kwargs["chunk_size"] = state_dict[first + "fc.0.weight"].shape[0]
-        kwargs["reduction"] = (state_dict[first + "conv_match.0.weight"].shape[1]
-                               // state_dict[first + "conv_match.0.weight"].shape[0])
-    if arch == "fsrcnn":
-        conv = state_dict["first_part.0.weight"]
-        kwargs.update(d=conv.shape[0], n_colors=conv.shape[1], s=state_dict["mid_part.0.weight"].shape[0],
-                      m=_count(state_dict, r"mid_part\.(\d+)\.bias$") - 2)
-        return kwargs
-    n_feats = state_dict["head.0.weight"].shape[0]
-    first_up = state_dict["tail.0.0.weight"].shape[0]
-    ups = _count(state_dict, r"tail\.0\.(\d+)\.weight$")
-    kwargs.update(n_feats=n_feats, n_colors=state_dict["head.0.weight"].shape[1],
-                  scale=3 if first_up == 9 * n_feats and ups == 1 else 2 ** ups,
-                  rgb_range=round(float(-state_dict["sub_mean.bias"][0]) / DIV2K_RGB_MEAN[0], 3))
-    if arch == "edsr":
-        kwargs.update(n_resblocks=_count(state_dict, r"body\.(\d+)\.body\.0\.weight$"),
-                      res_scale=0.1 if n_feats == 256 else 1.0)
-    else:
-        kwargs.update(n_resgroups=_count(state_dict, r"body\.(\d+)\.body\.0\.body\.0\.weight$"),
-                      n_resblocks=_count(state_dict, r"body\.0\.body\.(\d+)\.body\.0\.weight$"),
-                      ca_reduction=n_feats // state_dict["body.0.body.0.body.3.conv_du.0.weight"].shape[0])
-    return kwargs
-
-
-def load_arch_model(path, state_dict, model_config=None, scale=None, **overrides):
-    """An EDSR/RCAN/FSRCNN (with its GLA layers) holding `state_dict`, in eval mode (`dlsn.sr.checkpoint.load_model`
-    hands non-DLSN checkpoints here).
-
-    model_config: the `model` section stored with our checkpoints; without it (a published plain
-    checkpoint) the architecture is read off the weights (`_infer_kwargs`). `scale` and `overrides`
-    (config field names, e.g. `n_hashes`) replace the stored values; a scale or shape that does not fit
-    the weights is a `CheckpointError` naming the keys.
-    """
-    from ..sr.checkpoint import CheckpointError, load_state_dict_strict
-
-    model_config = model_config or {}
-    arch = model_config.get("arch") or detect_arch(state_dict)
-    if model_config.get("arch"):
-        fields = {**model_config, **overrides}
-        stored_scale = model_config.get("scale")
-        kwargs = {argument: fields[name] for name, argument in ARCH_FIELDS[arch].items() if name in fields}
-    else:  # weights only, perhaps with the untraceable settings (n_hashes, ...) stored next to them
-        kwargs = _infer_kwargs(arch, state_dict)
-        stored_scale = kwargs.get("scale")
-        fields = {**model_config, **overrides}
-        kwargs.update({ARCH_FIELDS[arch][name]: value for name, value in fields.items() if name in ARCH_FIELDS[arch]})
-    if "scale" not in kwargs and scale is None:
-        raise CheckpointError(f"{path}: {arch} weights do not record the scale; give it (--scale / scale=)")
-    said = ""
-    if scale is not None:
-        if stored_scale is not None and scale != stored_scale:
-            said = f"scale={scale} requested but the checkpoint is x{stored_scale}: "
-        kwargs["scale"] = scale
-    try:
-        model = _CLASSES[arch](**kwargs)
-    except (TypeError, ValueError) as exc:
-        raise CheckpointError(f"{path}: cannot build {arch}({kwargs}): {exc}") from None
-    try:
-        load_state_dict_strict(model, state_dict)
-    except CheckpointError as exc:
-        raise CheckpointError(f"{path}: {said}{exc}") from None
-    if said:  # FSRCNN's scale leaves no trace in the weights
-        raise CheckpointError(f"{path}: {said.rstrip(': ')}")
-    return model.eval()
+    """Load a plain EDSR/RCAN/FSRCNN checkpoint strictly into `model` (plain or with GLA layers): only
+    the GLA keys (`gla.*`) may be absent from it. Returns the model keys it did not hold (the new
+    GLA keys, left at their initialisation)."""
+    return load_state_dict_strict(model, state_dict, optional=("gla.",))

@@ -1,42 +1,11 @@
 """The DLSN super-resolution network (docs/gla.md §6), state-dict compatible with the
 published checkpoints."""
-import math
-
 import torch
 from torch import nn
 
-from ..nn.gla import GLA
-
-DIV2K_RGB_MEAN = (0.4488, 0.4371, 0.4040)
-SUPPORTED_SCALES = (2, 3, 4)
-CHECKPOINT_WRAPPER_KEYS = ("params_ema", "params", "state_dict", "model")
-
-
-def default_conv(in_channels, out_channels, kernel_size):
-    return nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2)
-
-
-def _positive_rounds(n_hashes):
-    if not isinstance(n_hashes, int) or isinstance(n_hashes, bool) or n_hashes < 1:
-        raise ValueError(f"the number of hash rounds must be a positive integer, got {n_hashes!r}")
-    return n_hashes
-
-
-class MeanShift(nn.Conv2d):
-    """Fixed 1x1 convolution adding (`sign=1`) or removing (`sign=-1`) the dataset mean.
-
-    Its weight and bias are parameters with `requires_grad=False`, as in the published code, so
-    they appear in the state dict under `sub_mean.*` / `add_mean.*`.
-    """
-
-    def __init__(self, rgb_range, rgb_mean=DIV2K_RGB_MEAN, sign=-1):
-        channels = len(rgb_mean)
-        super().__init__(channels, channels, kernel_size=1)
-        with torch.no_grad():
-            self.weight.copy_(torch.eye(channels).view(channels, channels, 1, 1))
-            self.bias.copy_(sign * rgb_range * torch.tensor(rgb_mean))
-        for param in self.parameters():
-            param.requires_grad = False
+from ..nn import GLA
+from .blocks import DIV2K_RGB_MEAN, HashRounds, MeanShift, Upsampler, check_scale, default_conv
+from .state_dict import unwrap_state_dict
 
 
 class LFFB(nn.Module):
@@ -74,38 +43,7 @@ class GLAFFM(nn.Module):
         return self.body(x) * self.res_scale + x
 
 
-class Upsampler(nn.Sequential):
-    """EDSR upsampler: x2^k as k times Conv(n, 4n) + PixelShuffle(2); x3 as Conv(n, 9n) + PixelShuffle(3)."""
-
-    def __init__(self, scale, n_feats):
-        layers = []
-        if scale == 3:
-            layers += [default_conv(n_feats, 9 * n_feats, 3), nn.PixelShuffle(3)]
-        else:
-            for _ in range(int(math.log2(scale))):
-                layers += [default_conv(n_feats, 4 * n_feats, 3), nn.PixelShuffle(2)]
-        super().__init__(*layers)
-
-
-def unwrap_state_dict(state_dict):
-    """A published checkpoint as a plain state dict: unwrap `params_ema`/`params`/`state_dict`/`model`
-    containers and strip a DataParallel `module.` prefix."""
-    if not isinstance(state_dict, dict):
-        raise TypeError(f"a checkpoint must be a dict of tensors, got {type(state_dict).__name__}")
-    while not any(isinstance(value, torch.Tensor) for value in state_dict.values()):
-        wrapper = next((key for key in CHECKPOINT_WRAPPER_KEYS if isinstance(state_dict.get(key), dict)), None)
-        if wrapper is None:
-            raise ValueError(
-                "checkpoint holds no tensors and none of the known wrappers "
-                f"{CHECKPOINT_WRAPPER_KEYS}; its keys are {sorted(state_dict)[:10]}"
-            )
-        state_dict = state_dict[wrapper]
-    if state_dict and all(key.startswith("module.") for key in state_dict):
-        state_dict = {key[len("module."):]: value for key, value in state_dict.items()}
-    return state_dict
-
-
-class DLSN(nn.Module):
+class DLSN(HashRounds, nn.Module):
     """Deep Learnable Similarity Network for single-image super-resolution.
 
     `forward(x)`: `x` [N, n_colors, h, w] in [0, rgb_range] -> [N, n_colors, scale*h, scale*w].
@@ -124,10 +62,8 @@ class DLSN(nn.Module):
                  n_hashes=3, res_scale=0.1, rgb_range=1.0, n_colors=3, backend="auto", fp32_precision=None,
                  check_finite=False, similarity="both", local_fusion=True, eval_n_hashes=None):
         super().__init__()
-        self.train_n_hashes = _positive_rounds(n_hashes)
-        self.eval_n_hashes = self.train_n_hashes if eval_n_hashes is None else _positive_rounds(eval_n_hashes)
-        if scale not in SUPPORTED_SCALES:
-            raise ValueError(f"DLSN supports scales {SUPPORTED_SCALES}, got {scale!r}")
+        self._init_hash_rounds(n_hashes, eval_n_hashes)
+        check_scale("DLSN", scale)
         if n_colors != len(DIV2K_RGB_MEAN):
             raise ValueError(f"DLSN is defined for {len(DIV2K_RGB_MEAN)} colour channels, got n_colors={n_colors}")
         if n_feats % reduction:
@@ -177,27 +113,6 @@ class DLSN(nn.Module):
         x = self.head(self.sub_mean(x))
         x = self.body(x) + x
         return self.add_mean(self.tail(x))
-
-    def gla_layers(self):
-        return [module for module in self.modules() if isinstance(module, GLA)]
-
-    def set_n_hashes(self, n_hashes, training=False):
-        """Use `n_hashes` hash rounds in eval mode (or in training mode with `training=True`).
-
-        The weights are untouched; eval-mode rotations stay reproducible per layer for each count.
-        Returns the model.
-        """
-        if training:
-            self.train_n_hashes = _positive_rounds(n_hashes)
-        else:
-            self.eval_n_hashes = _positive_rounds(n_hashes)
-        return self.train(self.training)
-
-    def train(self, mode=True):
-        super().train(mode)
-        for layer in self.gla_layers():
-            layer.n_hashes = self.train_n_hashes if mode else self.eval_n_hashes
-        return self
 
     def load_state_dict(self, state_dict, strict=True, assign=False):
         return super().load_state_dict(unwrap_state_dict(state_dict), strict=strict, assign=assign)

@@ -23,21 +23,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..models.backbones import detect_arch, load_arch_model
-from ..models.dlsn import DLSN, DIV2K_RGB_MEAN, unwrap_state_dict
+from ..models import DLSN, CheckpointError, detect_arch, infer_arguments, load_state_dict_strict, unwrap_state_dict
+from ..models.registry import ARCH_CLASSES, ARCH_FIELDS
 from .utils import atomic_write
 
-__all__ = ["CheckpointError", "load_model", "load_state_dict_strict", "infer_architecture", "read_checkpoint",
+__all__ = ["CheckpointError", "load_model", "read_checkpoint",
            "atomic_save", "save_training_checkpoint", "save_weights", "load_pretrained", "export_safetensors",
            "rng_state", "set_rng_state", "TRAIN_FORMAT"]
 
 TRAIN_FORMAT = "dlsn-train"
 # Model settings that leave no trace in the weights; stored next to them where we write weights.
 _UNTRACEABLE = {"n_hashes": int, "res_scale": float, "similarity": str}
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be loaded into the requested model."""
 
 
 def _unreadable(path, why):
@@ -98,80 +94,11 @@ def _model_state(obj, prefer_ema=True):
     return unwrap_state_dict(obj)
 
 
-def _indices(state_dict, pattern):
-    return sorted({int(m.group(1)) for key in state_dict for m in [re.match(pattern, key)] if m})
-
-
-def infer_architecture(state_dict) -> dict:
-    """DLSN constructor arguments read off a (plain) state dict."""
-    try:
-        n_feats = state_dict["head.0.weight"].shape[0]
-        groups = _indices(state_dict, r"body\.(\d+)\.body\.")
-        blocks = _indices(state_dict, r"body\.0\.body\.(\d+)\.body\.0\.weight$")
-        c = state_dict[f"body.0.body.{len(blocks)}.conv_match.0.weight"].shape[0]
-        # A similarity="dot" model has no fc: its chunk size comes from the recorded config.
-        fc_key = f"body.0.body.{len(blocks)}.fc.0.weight"
-        chunk_size = state_dict[fc_key].shape[0] if fc_key in state_dict else None
-        upsample_convs = _indices(state_dict, r"tail\.0\.(\d+)\.weight$")
-        first_up = state_dict["tail.0.0.weight"].shape[0]
-        bias = state_dict["sub_mean.bias"]
-    except KeyError as exc:
-        raise CheckpointError(
-            f"not a DLSN state dict: key {exc.args[0]!r} is missing (first keys: {sorted(state_dict)[:6]})"
-        ) from None
-    if first_up == 9 * n_feats and len(upsample_convs) == 1:
-        scale = 3
-    elif first_up == 4 * n_feats:
-        scale = 2 ** len(upsample_convs)
-    else:
-        raise CheckpointError(f"cannot read the scale off tail.0.0.weight {tuple(state_dict['tail.0.0.weight'].shape)} "
-                              f"with n_feats={n_feats}")
-    arch = dict(scale=scale, n_resgroups=len(groups), n_resblocks=len(blocks), n_feats=n_feats,
-                reduction=n_feats // c, chunk_size=chunk_size,
-                rgb_range=round(float(-bias[0]) / DIV2K_RGB_MEAN[0], 3))  # float32 bias: 255 reads as 255.000001
-    if chunk_size is None:
-        del arch["chunk_size"]
-        arch["similarity"] = "dot"
-    return arch
-
-
-def load_state_dict_strict(model, state_dict, exclude=()):
-    """Copy `state_dict` into `model`, failing with every missing, unexpected and mis-shaped key named.
-
-    `exclude`: key prefixes that are neither loaded nor required (e.g. `("tail.0.",)` to fine-tune
-    another scale from an x2 model). Nothing is copied unless everything matches.
-    """
-    state_dict = unwrap_state_dict(state_dict)
-    own = model.state_dict()
-
-    def kept(key):
-        return not any(key.startswith(prefix) for prefix in exclude)
-
-    missing = [k for k in own if kept(k) and k not in state_dict]
-    unexpected = [k for k in state_dict if kept(k) and k not in own]
-    mismatched = [f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}"
-                  for k in own if kept(k) and k in state_dict and state_dict[k].shape != own[k].shape]
-    if missing or unexpected or mismatched:
-        lines = ["checkpoint does not match the model:"]
-        for title, items in (("shape mismatches", mismatched), ("missing keys", missing),
-                             ("unexpected keys", unexpected)):
-            if items:
-                shown = items[:12] + ([f"... and {len(items) - 12} more"] if len(items) > 12 else [])
-                lines.append(f"  {title} ({len(items)}): " + "; ".join(shown))
-        raise CheckpointError("\n".join(lines))
-    selected = {k: v for k, v in state_dict.items() if kept(k)}
-    result = torch.nn.Module.load_state_dict(model, selected, strict=not exclude)
-    if exclude:
-        bad = [k for k in result.missing_keys if kept(k)] + list(result.unexpected_keys)
-        assert not bad, bad  # guaranteed by the checks above
-    return model
-
-
 def load_model(path, scale=None, map_location="cpu", prefer_ema=True, **overrides) -> DLSN:
     """A `DLSN` with the weights of the checkpoint at `path` (published format, ours, or safetensors).
 
     EDSR/RCAN/FSRCNN checkpoints (ours, whose config names the `arch`, or plain published ones, told
-    apart by their keys) go to `dlsn.models.backbones.load_arch_model` and return that network.
+    apart by their keys) return that network (`_load_backbone_model`).
 
     The architecture is inferred from the weights; `scale` and `overrides` (any `DLSN` argument) are
     checked against it where the weights determine them, so a wrong scale, chunk size or width is a
@@ -181,8 +108,8 @@ def load_model(path, scale=None, map_location="cpu", prefer_ema=True, **override
     state_dict = _model_state(obj, prefer_ema=prefer_ema)
     stored = obj["config"].get("model", {}) if isinstance(obj, dict) and isinstance(obj.get("config"), dict) else {}
     if (stored.get("arch") or detect_arch(state_dict) or "dlsn") != "dlsn":
-        return load_arch_model(path, state_dict, stored, scale=scale, **overrides)
-    arch = infer_architecture(state_dict)
+        return _load_backbone_model(path, state_dict, stored, scale=scale, **overrides)
+    arch = infer_arguments(state_dict, "dlsn")
     if isinstance(obj, dict) and isinstance(obj.get("config"), dict):
         trained = obj["config"].get("model", {})
         arch.update({k: trained[k] for k in _UNTRACEABLE if k in trained})
@@ -207,6 +134,44 @@ def load_model(path, scale=None, map_location="cpu", prefer_ema=True, **override
     if conflicts:  # a value the weights cannot tell apart (rgb_range); still a conflict with the file
         said = "; ".join(f"{k}={v!r} requested but the checkpoint has {k}={a!r}" for k, (a, v) in conflicts.items())
         raise CheckpointError(f"{path}: {said}")
+    return model.eval()
+
+
+def _load_backbone_model(path, state_dict, model_config=None, scale=None, **overrides):
+    """An EDSR/RCAN/FSRCNN (with its GLA layers) holding `state_dict`, in eval mode.
+
+    model_config: the `model` section stored with our checkpoints; without it (a published plain
+    checkpoint) the architecture is read off the weights (`infer_arguments`). `scale` and `overrides`
+    (config field names, e.g. `n_hashes`) replace the stored values; a scale or shape that does not fit
+    the weights is a `CheckpointError` naming the keys.
+    """
+    model_config = model_config or {}
+    arch = model_config.get("arch") or detect_arch(state_dict)
+    fields = {**model_config, **overrides}
+    if model_config.get("arch"):
+        stored_scale = model_config.get("scale")
+        kwargs = {argument: fields[name] for name, argument in ARCH_FIELDS[arch].items() if name in fields}
+    else:  # weights only, perhaps with the untraceable settings (n_hashes, ...) stored next to them
+        kwargs = infer_arguments(state_dict, arch)
+        stored_scale = kwargs.get("scale")
+        kwargs.update({ARCH_FIELDS[arch][name]: value for name, value in fields.items() if name in ARCH_FIELDS[arch]})
+    if "scale" not in kwargs and scale is None:
+        raise CheckpointError(f"{path}: {arch} weights do not record the scale; give it (--scale / scale=)")
+    said = ""
+    if scale is not None:
+        if stored_scale is not None and scale != stored_scale:
+            said = f"scale={scale} requested but the checkpoint is x{stored_scale}: "
+        kwargs["scale"] = scale
+    try:
+        model = ARCH_CLASSES[arch](**kwargs)
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path}: cannot build {arch}({kwargs}): {exc}") from None
+    try:
+        load_state_dict_strict(model, state_dict)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{path}: {said}{exc}") from None
+    if said:  # FSRCNN's scale leaves no trace in the weights
+        raise CheckpointError(f"{path}: {said.rstrip(': ')}")
     return model.eval()
 
 
@@ -263,7 +228,7 @@ def export_safetensors(checkpoint, out, prefer_ema=True):
 
     obj = read_checkpoint(checkpoint)
     state_dict = _model_state(obj, prefer_ema=prefer_ema)
-    metadata = {"format": "dlsn", **{k: str(v) for k, v in infer_architecture(state_dict).items()}}
+    metadata = {"format": "dlsn", **{k: str(v) for k, v in infer_arguments(state_dict, "dlsn").items()}}
     if isinstance(obj, dict) and isinstance(obj.get("config"), dict):
         trained = obj["config"].get("model", {})
         metadata.update({k: str(trained[k]) for k in _UNTRACEABLE if k in trained})

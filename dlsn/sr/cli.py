@@ -89,10 +89,10 @@ _COMMANDS = {
 
 
 def build_parser():
-    from .. import __version__
+    from importlib.metadata import version
 
     parser = argparse.ArgumentParser(prog="dlsn", description="DLSN / Global Learnable Attention super-resolution")
-    parser.add_argument("--version", action="version", version=f"dlsn {__version__}")
+    parser.add_argument("--version", action="version", version=f"dlsn {version('dlsn')}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in ("train", "eval", "upscale", "demo", "export", "attention"):
         if name in _LAZY:

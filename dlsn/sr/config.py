@@ -18,6 +18,10 @@ from typing import List, Optional
 
 import yaml
 
+from ..nn import SIMILARITIES
+from ..ops import checks
+from .degradations import DEGRADATIONS
+
 __all__ = ["ModelConfig", "DataConfig", "TrainConfig", "LogConfig", "Config", "ConfigError",
            "load_config", "apply_overrides", "config_from_dict", "config_to_dict", "packaged_config"]
 
@@ -31,7 +35,7 @@ class ModelConfig:
     """`dlsn.DLSN` constructor arguments (defaults: the published model).
 
     `arch`: "dlsn", or "edsr" / "rcan" / "fsrcnn" with GLA layers at `gla_positions` (empty: the plain
-    network); `dlsn.models.backbones.ARCH_FIELDS` lists the fields each architecture reads.
+    network); `dlsn.models.registry.ARCH_FIELDS` lists the fields each architecture reads.
 
     Ablation switches (the paper's Table 1, Table 2 and Fig. 6): `similarity` "both" (published),
     "dot" (dot product only, no learnable term) or "learned" (learnable term only); `local_fusion`
@@ -123,8 +127,6 @@ class Config:
 
 
 _AMP_MODES = ("none", "bf16", "fp16")
-_DEGRADATIONS = ("bi", "bd", "dn")
-SIMILARITIES = ("both", "dot", "learned")
 
 
 def _suggest(name, choices):
@@ -174,19 +176,24 @@ def _section_types():
     return {name: hints[name] for name in hints}
 
 
+def _rule(check, *args):
+    """A shared argument rule (`dlsn.ops.checks`) whose ValueError becomes a ConfigError."""
+    try:
+        return check(*args)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
 def _validate(cfg: Config) -> Config:
-    if cfg.train.amp not in _AMP_MODES:
-        raise ConfigError(f"train.amp must be one of {_AMP_MODES}, got {cfg.train.amp!r}")
-    if cfg.data.degradation not in _DEGRADATIONS:
-        raise ConfigError(f"data.degradation must be one of {_DEGRADATIONS}, got {cfg.data.degradation!r}")
+    _rule(checks.one_of, "train.amp", cfg.train.amp, _AMP_MODES)
+    _rule(checks.one_of, "data.degradation", cfg.data.degradation, DEGRADATIONS)
     if len(cfg.train.betas) != 2:
         raise ConfigError(f"train.betas must be two numbers, got {cfg.train.betas}")
-    if cfg.model.similarity not in SIMILARITIES:
-        raise ConfigError(f"model.similarity must be one of {SIMILARITIES}, got {cfg.model.similarity!r}")
+    _rule(checks.one_of, "model.similarity", cfg.model.similarity, SIMILARITIES)
     for where, value in (("model.n_hashes", cfg.model.n_hashes), ("model.eval_n_hashes", cfg.model.eval_n_hashes),
                          ("model.chunk_size", cfg.model.chunk_size)):
-        if value is not None and value < 1:
-            raise ConfigError(f"{where} must be a positive integer, got {value}")
+        if value is not None:
+            _rule(checks.positive_int, where, value)
     if sorted(cfg.train.milestones) != cfg.train.milestones:
         raise ConfigError(f"train.milestones must be increasing, got {cfg.train.milestones}")
     past = [m for m in cfg.train.milestones if m > cfg.train.iterations or m < 1]

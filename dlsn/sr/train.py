@@ -87,7 +87,7 @@ class SampleStream(torch.utils.data.Sampler):
 
 
 def build_model(cfg: Config) -> torch.nn.Module:
-    from ..models.backbones import build_model as build_arch
+    from ..models import build_model as build_arch
 
     return build_arch(cfg.model)
 
