@@ -47,6 +47,7 @@ import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 
 from dlsn.kernels import bucket_sort, hash as hash_kernels, window_attention, window_attention_bwd  # noqa: E402
+from dlsn.kernels.constants import dot_family  # noqa: E402
 
 RESULTS = os.path.join(ROOT, "bench", "results", "compile")
 
@@ -148,7 +149,7 @@ def plans(s, dtype_name):
 
 
 def config_lists():
-    """{module: {NAME_CONFIGS: list or {family: list}}}: every kernel's candidate configs, in order."""
+    """{module: {NAME_CONFIGS: list or {dot family: list}}}: every kernel's candidate configs, in order."""
     found = {}
     for module in (hash_kernels, bucket_sort, window_attention, window_attention_bwd):
         lists = {name: value for name, value in vars(module).items() if name.endswith("_CONFIGS")}
@@ -467,24 +468,31 @@ def _config_used(config, row):
 def config_lines(rows):
     """Every kernel's candidate configs in order of preference, marked where a launch of this report
     starts from one (the first valid config; the same for both targets, a GPU then tunes over the valid
-    ones). A family of a dict of lists is matched to a row through the module's public
-    `config_family(dtype, precision)` where it has one; the exact start config is in every row."""
+    ones). A table keyed by dot family (kernels/constants.py) is matched to a row through
+    `dot_family(dtype, precision)`; families that share one list are listed once, together."""
     lines = ["", "## Candidate configs (in order; `start` = what the launchers pick without a GPU)", ""]
-    modules = {m.__name__: m for m in (hash_kernels, bucket_sort, window_attention, window_attention_bwd)}
     for module_name, lists in config_lists().items():
-        family_of = getattr(modules[module_name], "config_family", None)
         for name, value in lists.items():
-            families = value if isinstance(value, dict) else {"": value}
-            for family, configs in families.items():
-                lines.append(f"- `{module_name}.{name}`" + (f"[`{family}`]" if family else "") + ":")
+            for families, configs in _family_groups(value):
+                keys = f"[{', '.join(f'`{family}`' for family in families)}]" if families else ""
+                lines.append(f"- `{module_name}.{name}`{keys}:")
                 for config in configs:
                     used = sorted({f"{r['shape']} {r['dtype']}" for r in rows
                                    if _list_matches(name, r) and _config_used(config, r)
-                                   and (not family or (family_of and family_of(*DTYPES[r["dtype"]]) == family))})
+                                   and (not families or dot_family(*DTYPES[r["dtype"]]) in families)})
                     lines.append(f"  - {config_text(config)}" + (f" — start: {', '.join(used)}" if used else ""))
-                if family and not family_of:
-                    lines.append("  - (start configs of this module's launches: see the `config` column above)")
     return lines
+
+
+def _family_groups(value):
+    """[(families, configs)] of a config list (no families) or of a table keyed by dot family, one
+    entry per distinct list (two families may share one)."""
+    if not isinstance(value, dict):
+        return [((), value)]
+    groups = {}
+    for family, configs in value.items():
+        groups.setdefault(id(configs), ([], configs))[0].append(family)
+    return [(tuple(families), configs) for families, configs in groups.values()]
 
 
 def _list_matches(list_name, row):

@@ -26,8 +26,10 @@ import torch
 import triton
 import triton.language as tl
 
+from .constants import dot_family
 from .launch import Config, Launch, config_blocks, pick_config, run
-from .window_common import key_chunk_of_listing, load_keys, round_rows, window_dot, window_scores
+from .window_common import (accumulation_dtype, dot_constexprs, key_chunk_of_listing, load_keys, round_rows,
+                            window_dot, window_scores)
 
 
 @triton.jit
@@ -35,7 +37,7 @@ def _window_attn_fwd_kernel(
     Q, V, LEARNED, PERM, O, ROUND_MAX, ROUND_SUM,
     length, padded_length, n_chunks, n_hashes, match_channels, value_channels,
     CHUNK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_D: tl.constexpr, BLOCK_C: tl.constexpr, PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_C: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
     ACC: tl.constexpr,
 ):
     """Grid: (query tiles holding a real slot = cdiv(L, BLOCK_M), N * h). BLOCK_M divides CHUNK."""
@@ -66,13 +68,13 @@ def _window_attn_fwd_kernel(
         key_slot = key_chunk * CHUNK + (key_block % blocks_per_chunk) * BLOCK_N + tl.arange(0, BLOCK_N)
         key_pos = tl.load(perm_row + key_slot).to(tl.int64)
         key = load_keys(q_rows, key_pos, dims, dim_mask, match_channels, ACC)
-        scores = window_scores(q, key, learned_rows, key_pos, query_in_chunk, CHUNK, PRECISION, UPCAST_DOT, ACC)
+        scores = window_scores(q, key, learned_rows, key_pos, query_in_chunk, CHUNK, PRECISION, UPCAST, ACC)
         m_new = tl.maximum(m_i, tl.max(scores, axis=1))
         alpha = tl.exp(m_i - m_new)
         p = tl.exp(scores - m_new[:, None])
         l_i = l_i * alpha + tl.sum(p, axis=1)
         v = tl.load(v_rows + key_pos[:, None] * value_channels + cols[None, :], mask=col_mask[None, :], other=0.0)
-        acc = acc * alpha[:, None] + window_dot(p.to(v.dtype), v, PRECISION, UPCAST_DOT, ACC)
+        acc = acc * alpha[:, None] + window_dot(p.to(v.dtype), v, PRECISION, UPCAST, ACC)
         m_i = m_new
 
     query_mask = query_slot < length
@@ -83,11 +85,20 @@ def _window_attn_fwd_kernel(
     tl.store(ROUND_SUM + nr * length + query_slot, l_i, mask=query_mask)
 
 
-# Query x key tiles per kind of dot, in order of preference: the interpreter and the compile report
-# take the first that fits, which compiles without spills for sm_80 and sm_90a at the training,
-# inference and demo shapes (bench/compile_report.py); a GPU tunes over the valid ones. The
-# accumulator is [BLOCK_M, next_power_of_2(C)] (up to 256 columns) in float32 per program, spread
-# over 8 warps for 64-row tiles.
+# Query x key tiles per dot family (kernels/constants.py), in order of preference: the interpreter
+# and the compile report take the first that fits, which compiles without spills for sm_80 and
+# sm_90a at the training, inference and demo shapes (bench/compile_report.py); a GPU tunes over the
+# valid ones. The accumulator is [BLOCK_M, next_power_of_2(C)] (up to 256 columns) in float32 per
+# program, spread over 8 warps for 64-row tiles. "tf32" and "16-bit" each make one tensor-core dot
+# per dot and share their tiles.
+_ONE_TENSOR_CORE_DOT = [
+    Config({"BLOCK_M": 64, "BLOCK_N": 32}, num_warps=8, num_stages=2),
+    Config({"BLOCK_M": 64, "BLOCK_N": 64}, num_warps=8, num_stages=2),
+    Config({"BLOCK_M": 128, "BLOCK_N": 32}, num_warps=8, num_stages=2),
+    Config({"BLOCK_M": 64, "BLOCK_N": 32}, num_warps=4, num_stages=2),
+    Config({"BLOCK_M": 32, "BLOCK_N": 32}, num_warps=4, num_stages=2),
+    Config({"BLOCK_M": 16, "BLOCK_N": 16}, num_warps=4, num_stages=2),
+]
 WINDOW_ATTN_FWD_CONFIGS = {
     "fma": [
         Config({"BLOCK_M": 64, "BLOCK_N": 16}, num_warps=8, num_stages=1),
@@ -95,6 +106,7 @@ WINDOW_ATTN_FWD_CONFIGS = {
         Config({"BLOCK_M": 32, "BLOCK_N": 16}, num_warps=4, num_stages=1),
         Config({"BLOCK_M": 16, "BLOCK_N": 16}, num_warps=4, num_stages=1),
     ],
+    "tf32": _ONE_TENSOR_CORE_DOT,
     # tf32x3 splits both operands of every dot into high and low tf32 parts: more live registers.
     "tf32x3": [
         Config({"BLOCK_M": 32, "BLOCK_N": 16}, num_warps=8, num_stages=2),
@@ -102,28 +114,8 @@ WINDOW_ATTN_FWD_CONFIGS = {
         Config({"BLOCK_M": 16, "BLOCK_N": 16}, num_warps=4, num_stages=2),
         Config({"BLOCK_M": 64, "BLOCK_N": 16}, num_warps=8, num_stages=2),
     ],
-    "tensor_core": [
-        Config({"BLOCK_M": 64, "BLOCK_N": 32}, num_warps=8, num_stages=2),
-        Config({"BLOCK_M": 64, "BLOCK_N": 64}, num_warps=8, num_stages=2),
-        Config({"BLOCK_M": 128, "BLOCK_N": 32}, num_warps=8, num_stages=2),
-        Config({"BLOCK_M": 64, "BLOCK_N": 32}, num_warps=4, num_stages=2),
-        Config({"BLOCK_M": 32, "BLOCK_N": 32}, num_warps=4, num_stages=2),
-        Config({"BLOCK_M": 16, "BLOCK_N": 16}, num_warps=4, num_stages=2),
-    ],
+    "16-bit": _ONE_TENSOR_CORE_DOT,
 }
-
-
-def effective_precision(dtype, precision):
-    """The input precision float32 dots use; "ieee" (the only one that applies) for other dtypes."""
-    if precision not in ("ieee", "tf32", "tf32x3"):
-        raise ValueError(f"precision must be 'ieee', 'tf32' or 'tf32x3', got {precision!r}")
-    return precision if dtype == torch.float32 else "ieee"
-
-
-def _config_family(dtype, precision):
-    if dtype in (torch.float32, torch.float64) and precision == "ieee":
-        return "fma"
-    return "tf32x3" if precision == "tf32x3" else "tensor_core"
 
 
 def window_attn_fwd_min_flops(n_batch, n_hashes, length, match_channels, value_channels, chunk_size):
@@ -137,8 +129,9 @@ def window_attn_fwd_plan(q, v, learned, perm, chunk_size, precision="ieee", conf
     value_channels = v.shape[-1]
     _, n_hashes, padded_length = perm.shape
     dtype = v.dtype
-    precision = effective_precision(dtype, precision)
-    stats_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+    dots = dot_constexprs(v, precision)
+    precision = dots["PRECISION"]
+    stats_dtype = accumulation_dtype(dtype)
     O = torch.empty((n_batch, n_hashes, length, value_channels), device=v.device, dtype=dtype)
     round_max = torch.empty((n_batch, n_hashes, length), device=v.device, dtype=stats_dtype)
     round_sum = torch.empty((n_batch, n_hashes, length), device=v.device, dtype=stats_dtype)
@@ -152,7 +145,7 @@ def window_attn_fwd_plan(q, v, learned, perm, chunk_size, precision="ieee", conf
             return run(launches)
 
         config = pick_config(
-            "window_attn_fwd", WINDOW_ATTN_FWD_CONFIGS[_config_family(dtype, precision)],
+            "window_attn_fwd", WINDOW_ATTN_FWD_CONFIGS[dot_family(dtype, precision)],
             (dtype, value_channels, match_channels, chunk_size, precision), v.device,
             lambda c: 16 <= c.kwargs["BLOCK_M"] <= chunk_size and 16 <= c.kwargs["BLOCK_N"] <= chunk_size,
             trial)
@@ -161,15 +154,12 @@ def window_attn_fwd_plan(q, v, learned, perm, chunk_size, precision="ieee", conf
     # Every program runs its BLOCK_M query rows (padded slots included) against the 3l window keys
     # over BLOCK_D score and BLOCK_C value columns; exp/max/scaling are not counted.
     flops = grid[0] * grid[1] * 3 * chunk_size * 2 * block_m * (block_d + block_c)
-    acc = tl.float64 if dtype == torch.float64 else tl.float32
     launch = Launch(
         kernel=_window_attn_fwd_kernel, grid=grid,
         args=dict(Q=q, V=v, LEARNED=learned, PERM=perm, O=O, ROUND_MAX=round_max, ROUND_SUM=round_sum,
                   length=length, padded_length=padded_length, n_chunks=padded_length // chunk_size,
                   n_hashes=n_hashes, match_channels=match_channels, value_channels=value_channels),
-        constexprs=dict(CHUNK=chunk_size, **config_blocks(config), BLOCK_D=block_d, BLOCK_C=block_c,
-                        PRECISION=precision, UPCAST_DOT=v.device.type == "cpu" and dtype == torch.bfloat16,
-                        ACC=acc),
+        constexprs=dict(CHUNK=chunk_size, **config_blocks(config), BLOCK_D=block_d, BLOCK_C=block_c, **dots),
         num_warps=config.num_warps, num_stages=config.num_stages, flops=flops, name="window_attn_fwd")
     return [launch], outputs
 

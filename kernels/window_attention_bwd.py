@@ -33,21 +33,22 @@ slot's dq parts in key-block order or its padded duplicates in order). Accumulat
 Transient buffers (float32; allocated per call, nothing is kept): dv, dlearned and dkey slots N h Lp (C + l + c)
 and the dq parts N h L (3 l / BLOCK_N) c. At the training shape (N = 16, h = 3, L = Lp = 2304,
 C = 256, c = 64, l = 128) that is 198 MB of slots plus dq parts of 340 MB ("fma" configs, 32-key
-blocks), 170 MB ("tf32", 64) or 85 MB (16-bit, 128); at the inference shape (N = 1, 512 x 512) 1.4 GB
-of slots and 2.4 / 1.2 / 0.6 GB of dq parts.
+blocks), 170 MB ("tf32" and "tf32x3", 64) or 85 MB ("16-bit", 128); at the inference shape
+(N = 1, 512 x 512) 1.4 GB of slots and 2.4 / 1.2 / 0.6 GB of dq parts.
 """
 import torch
 import triton
 import triton.language as tl
 
-from .constants import KEY_NORM_EPS
+from .constants import KEY_NORM_EPS, dot_family
 from .launch import Config, Launch, config_blocks, pick_config, run
-from .window_common import load_keys, query_chunk_of_listing, round_rows, window_dot, window_scores
+from .window_common import (accumulation_dtype, dot_constexprs, load_keys, query_chunk_of_listing, round_rows,
+                            window_dot, window_scores)
 
 
 @triton.jit
 def _probabilities(q, key, learned_rows, key_pos, query_in_chunk, query_pos, query_mask, LSE_MAX, LSE_SUM,
-                   CHUNK: tl.constexpr, PRECISION: tl.constexpr, ACC: tl.constexpr, UPCAST: tl.constexpr):
+                   CHUNK: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr, ACC: tl.constexpr):
     """P [BLOCK_M, BLOCK_N] = exp(q . key + learned[key, i] - lse_max[query]) / lse_sum[query]; 0 on padded
     query rows."""
     scores = window_scores(q, key, learned_rows, key_pos, query_in_chunk, CHUNK, PRECISION, UPCAST, ACC)
@@ -61,7 +62,7 @@ def _window_attn_bwd_dv_kernel(
     Q, LEARNED, G, PERM, LSE_MAX, LSE_SUM, DV_SLOT,
     length, padded_length, n_chunks, n_hashes, match_channels, value_channels,
     CHUNK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-    BLOCK_C: tl.constexpr, PRECISION: tl.constexpr, ACC: tl.constexpr, UPCAST: tl.constexpr,
+    BLOCK_C: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr, ACC: tl.constexpr,
 ):
     """DV_SLOT[n, r, j, :] = sum over the windows holding key slot j of P_tj g[perm t, :], all value
     columns in one program (BLOCK_C >= C), so P is computed once. Grid: (nC * CHUNK / BLOCK_N, N * h)."""
@@ -90,7 +91,7 @@ def _window_attn_bwd_dv_kernel(
         q = tl.load(q_rows + query_pos[:, None] * match_channels + dims[None, :],
                     mask=query_mask[:, None] & dim_mask[None, :], other=0.0)
         p = _probabilities(q, key, learned_rows, key_pos, query_in_chunk, query_pos, query_mask,
-                           LSE_MAX + n * length, LSE_SUM + n * length, CHUNK, PRECISION, ACC, UPCAST)
+                           LSE_MAX + n * length, LSE_SUM + n * length, CHUNK, PRECISION, UPCAST, ACC)
         g = tl.load(g_rows + query_pos[:, None] * value_channels + cols[None, :],
                     mask=query_mask[:, None] & col_mask[None, :], other=0.0)
         dv += window_dot(tl.trans(p).to(g.dtype), g, PRECISION, UPCAST, ACC)
@@ -103,7 +104,7 @@ def _window_attn_bwd_dkdq_kernel(
     Q, V, LEARNED, G, PERM, LSE_MAX, LSE_SUM, DELTA, DKEY_SLOT, DLEARNED_SLOT, DQ_PARTS,
     length, padded_length, n_chunks, n_hashes, match_channels, value_channels,
     CHUNK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-    BLOCK_C: tl.constexpr, PRECISION: tl.constexpr, ACC: tl.constexpr, UPCAST: tl.constexpr,
+    BLOCK_C: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr, ACC: tl.constexpr,
 ):
     """For key block b of key chunk kc and the query chunks listing it (listing 0, 1, 2):
     DKEY_SLOT[n, r, j] = sum dS_tj q[perm t] (gradient of the normalised key),
@@ -138,7 +139,7 @@ def _window_attn_bwd_dkdq_kernel(
             q = tl.load(q_rows + query_pos[:, None] * match_channels + dims[None, :],
                         mask=query_mask[:, None] & dim_mask[None, :], other=0.0)
             p = _probabilities(q, key, learned_rows, key_pos, query_in_chunk, query_pos, query_mask,
-                               LSE_MAX + n * length, LSE_SUM + n * length, CHUNK, PRECISION, ACC, UPCAST)
+                               LSE_MAX + n * length, LSE_SUM + n * length, CHUNK, PRECISION, UPCAST, ACC)
             dp = tl.zeros([BLOCK_M, BLOCK_N], ACC)
             for col_start in range(0, value_channels, BLOCK_C):
                 cols = col_start + tl.arange(0, BLOCK_C)
@@ -214,19 +215,23 @@ def _key_normalization_backward(q, dkey):
     return torch.where(norm > KEY_NORM_EPS, projected, dkey / KEY_NORM_EPS)
 
 
-# Candidate tiles per kernel and family, in order of preference; `pick_config` keeps those that fit
-# the problem (tiles >= 16 dividing the chunk) and, on a GPU, times them. The first of each list
-# compiles without register spills for sm_80 and sm_90a at the training, inference and demo shapes
-# in every dtype and precision of its family (bench/compile_report.py); the last, 16 x 16 tiles,
-# is there for chunk 16. Families: "fma" (float32 "ieee" and float64 dots: FMAs on register
-# operands, so small tiles and 8 warps), "tf32" (float32 "tf32" / "tf32x3": tensor cores on float32
-# tiles, tf32x3 three dots each), "16-bit" (tensor cores). The dkdq kernel's BLOCK_N sets the dq
+# Candidate tiles per kernel and dot family (kernels/constants.py), in order of preference;
+# `pick_config` keeps those that fit the problem (tiles >= 16 dividing the chunk) and, on a GPU,
+# times them. The first of each list compiles without register spills for sm_80 and sm_90a at the
+# training, inference and demo shapes in every dtype and precision of its family
+# (bench/compile_report.py); the last, 16 x 16 tiles, is there for chunk 16. "fma" dots run on
+# register operands, hence small tiles and 8 warps; "tf32x3" (three TF32 dots per dot) compiles
+# spill-free on the "tf32" tiles, so the two share a list. The dkdq kernel's BLOCK_N sets the dq
 # buffer: 3 CHUNK / BLOCK_N parts per query slot.
+_DV_TF32 = [Config(dict(BLOCK_N=64, BLOCK_M=32), num_warps=8, num_stages=1),
+            Config(dict(BLOCK_N=16, BLOCK_M=16), num_warps=4, num_stages=1)]
+_DKDQ_TF32 = [Config(dict(BLOCK_N=64, BLOCK_M=32, BLOCK_C=32), num_warps=8, num_stages=1),
+              Config(dict(BLOCK_N=16, BLOCK_M=16, BLOCK_C=32), num_warps=4, num_stages=1)]
 DV_CONFIGS = {
     "fma": [Config(dict(BLOCK_N=16, BLOCK_M=16), num_warps=8, num_stages=1),
             Config(dict(BLOCK_N=16, BLOCK_M=16), num_warps=16, num_stages=1)],
-    "tf32": [Config(dict(BLOCK_N=64, BLOCK_M=32), num_warps=8, num_stages=1),
-             Config(dict(BLOCK_N=16, BLOCK_M=16), num_warps=4, num_stages=1)],
+    "tf32": _DV_TF32,
+    "tf32x3": _DV_TF32,
     "16-bit": [Config(dict(BLOCK_N=64, BLOCK_M=64), num_warps=8, num_stages=1),
                Config(dict(BLOCK_N=64, BLOCK_M=32), num_warps=8, num_stages=1),
                Config(dict(BLOCK_N=16, BLOCK_M=16), num_warps=4, num_stages=1)],
@@ -234,24 +239,88 @@ DV_CONFIGS = {
 DKDQ_CONFIGS = {
     "fma": [Config(dict(BLOCK_N=32, BLOCK_M=16, BLOCK_C=32), num_warps=8, num_stages=1),
             Config(dict(BLOCK_N=16, BLOCK_M=16, BLOCK_C=32), num_warps=8, num_stages=1)],
-    "tf32": [Config(dict(BLOCK_N=64, BLOCK_M=32, BLOCK_C=32), num_warps=8, num_stages=1),
-             Config(dict(BLOCK_N=16, BLOCK_M=16, BLOCK_C=32), num_warps=4, num_stages=1)],
+    "tf32": _DKDQ_TF32,
+    "tf32x3": _DKDQ_TF32,
     "16-bit": [Config(dict(BLOCK_N=128, BLOCK_M=32, BLOCK_C=32), num_warps=8, num_stages=1),
                Config(dict(BLOCK_N=64, BLOCK_M=32, BLOCK_C=32), num_warps=8, num_stages=1),
                Config(dict(BLOCK_N=16, BLOCK_M=16, BLOCK_C=32), num_warps=4, num_stages=1)],
 }
 
 
-def config_family(dtype, precision):
-    """Key of DV_CONFIGS / DKDQ_CONFIGS for inputs of `dtype` and float32 dots of `precision`."""
-    if dtype in (torch.float16, torch.bfloat16):
-        return "16-bit"
-    return "tf32" if dtype == torch.float32 and precision != "ieee" else "fma"
-
-
 def _score_elements(n_batch, n_hashes, rows, chunk_size):
     """Score elements (query slot, window key) of `rows` query slots per (batch, round)."""
     return n_batch * n_hashes * rows * 3 * chunk_size
+
+
+class _KeyBlockLaunches:
+    """The dv and dkdq kernels' launches for one problem, built per config from inputs and slot
+    buffers prepared once: the plan builds those of the configs it picks, tuning on a GPU one per
+    candidate. FLOPs models (multiply-add = 2; padded block widths count): the dv kernel
+    2 (BLOCK_D + BLOCK_C), the dkdq kernel 2 (3 BLOCK_D + C rounded up to BLOCK_C) per score
+    element of every slot t < Lp."""
+
+    def __init__(self, q, v, learned, perm, g, D, lse_max, lse_sum, chunk_size, precision):
+        self.n_batch, self.length, self.match_channels = q.shape
+        self.value_channels = v.shape[2]
+        _, self.n_hashes, padded_length = perm.shape
+        self.q, self.v, self.chunk_size = q, v, chunk_size
+        acc_dtype = accumulation_dtype(q.dtype)
+        self.new = dict(device=q.device, dtype=acc_dtype)
+        self.common = dict(CHUNK=chunk_size, BLOCK_D=max(16, triton.next_power_of_2(self.match_channels)),
+                           **dot_constexprs(q, precision))
+        self.shape_args = dict(length=self.length, padded_length=padded_length,
+                               n_chunks=padded_length // chunk_size, n_hashes=self.n_hashes,
+                               match_channels=self.match_channels, value_channels=self.value_channels)
+        self.rows = dict(Q=q, LEARNED=learned, G=g.contiguous(), PERM=perm,
+                         LSE_MAX=lse_max.to(acc_dtype).contiguous(), LSE_SUM=lse_sum.to(acc_dtype).contiguous())
+        self.delta = D.to(acc_dtype).contiguous()
+        # Key-side gradients per slot, as [N, h, Lp, parts = 1, width]: the layout the folds take.
+        self.slots = {name: torch.empty((self.n_batch, self.n_hashes, padded_length, 1, width), **self.new)
+                      for name, width in (("dv", self.value_channels), ("dkey", self.match_channels),
+                                          ("dlearned", chunk_size))}
+        self.elements = _score_elements(self.n_batch, self.n_hashes, padded_length, chunk_size)
+
+    def _grid(self, cfg):
+        return (self.shape_args["n_chunks"] * (self.chunk_size // cfg.kwargs["BLOCK_N"]), self.n_batch * self.n_hashes)
+
+    def dv(self, cfg):
+        block_c = max(16, triton.next_power_of_2(self.value_channels))
+        return Launch(_window_attn_bwd_dv_kernel, self._grid(cfg),
+                      dict(**self.rows, DV_SLOT=self.slots["dv"], **self.shape_args),
+                      dict(**self.common, **config_blocks(cfg), BLOCK_C=block_c),
+                      num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+                      flops=2 * self.elements * (self.common["BLOCK_D"] + block_c), name="window_attn_bwd_dv")
+
+    def dq_parts(self, cfg):
+        """The dkdq kernel's dq buffer under `cfg`: [N, h, L, 3 CHUNK / BLOCK_N, c]."""
+        n_parts = 3 * self.chunk_size // cfg.kwargs["BLOCK_N"]
+        return torch.empty((self.n_batch, self.n_hashes, self.length, n_parts, self.match_channels), **self.new)
+
+    def dkdq(self, cfg, dq_parts):
+        block_c = cfg.kwargs["BLOCK_C"]
+        return Launch(_window_attn_bwd_dkdq_kernel, self._grid(cfg),
+                      dict(**self.rows, V=self.v, DELTA=self.delta, DKEY_SLOT=self.slots["dkey"],
+                           DLEARNED_SLOT=self.slots["dlearned"], DQ_PARTS=dq_parts, **self.shape_args),
+                      dict(**self.common, **config_blocks(cfg)), num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+                      flops=2 * self.elements * (3 * self.common["BLOCK_D"]
+                                                 + triton.cdiv(self.value_channels, block_c) * block_c),
+                      name="window_attn_bwd_dkdq")
+
+    def pick_configs(self):
+        """{"dv": Config, "dkdq": Config}: `pick_config` over the lists of this problem's dot family."""
+        dtype, precision = self.q.dtype, self.common["PRECISION"]
+        key = (dtype, self.value_channels, self.match_channels, self.chunk_size, precision)
+        family = dot_family(dtype, precision)
+
+        def fits(cfg):
+            return all(16 <= cfg.kwargs[b] <= self.chunk_size and self.chunk_size % cfg.kwargs[b] == 0
+                       for b in ("BLOCK_N", "BLOCK_M"))
+
+        return dict(
+            dv=pick_config("window_attn_bwd_dv", DV_CONFIGS[family], key, self.q.device, fits,
+                           lambda cfg: run([self.dv(cfg)])),
+            dkdq=pick_config("window_attn_bwd_dkdq", DKDQ_CONFIGS[family], key, self.q.device, fits,
+                             lambda cfg: run([self.dkdq(cfg, self.dq_parts(cfg))])))
 
 
 def window_attn_bwd_plan(q, v, learned, perm, inv, g, D, lse_max, lse_sum, chunk_size, precision="ieee", config=None):
@@ -260,83 +329,20 @@ def window_attn_bwd_plan(q, v, learned, perm, inv, g, D, lse_max, lse_sum, chunk
     `config`: None (each kernel's from `pick_config` over DV_CONFIGS / DKDQ_CONFIGS) or
     {"dv": Config, "dkdq": Config}.
     Returns (launches, outputs): outputs["dv"] [N, L, C], ["dlearned"] [N, L, l], ["dkey"] [N, L, c] and
-    ["dq"] [N, L, c] (query role only) in the accumulation dtype, filled by running the launches.
-    FLOPs models (multiply-add = 2; padded block widths count): the dv kernel 2 (BLOCK_D + BLOCK_C),
-    the dkdq kernel 2 (3 BLOCK_D + C rounded up to BLOCK_C) per score element of every slot t < Lp;
-    the folds one add per element read.
+    ["dq"] [N, L, c] (query role only) in the accumulation dtype, filled by running the launches: the
+    two kernels (FLOPs models in `_KeyBlockLaunches`), then four folds (one add per element read).
     """
-    if precision not in ("ieee", "tf32", "tf32x3"):
-        raise ValueError(f"precision must be 'ieee', 'tf32' or 'tf32x3', got {precision!r}")
-    n_batch, length, match_channels = q.shape
-    value_channels = v.shape[2]
-    _, n_hashes, padded_length = perm.shape
-    n_chunks = padded_length // chunk_size
-    acc_dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
-    new = dict(device=q.device, dtype=acc_dtype)
-    block_d = max(16, triton.next_power_of_2(match_channels))
-    dv_block_c = max(16, triton.next_power_of_2(value_channels))
-    elements = _score_elements(n_batch, n_hashes, padded_length, chunk_size)
-    common = dict(CHUNK=chunk_size, BLOCK_D=block_d, PRECISION=precision if q.dtype == torch.float32 else "ieee",
-                  ACC=tl.float64 if q.dtype == torch.float64 else tl.float32,
-                  UPCAST=q.device.type == "cpu" and q.dtype == torch.bfloat16)
-    shape_args = dict(length=length, padded_length=padded_length, n_chunks=n_chunks, n_hashes=n_hashes,
-                      match_channels=match_channels, value_channels=value_channels)
-    rows = dict(Q=q, LEARNED=learned, G=g.contiguous(), PERM=perm, LSE_MAX=lse_max.to(acc_dtype).contiguous(),
-                LSE_SUM=lse_sum.to(acc_dtype).contiguous())
-    dv_slot = torch.empty((n_batch, n_hashes, padded_length, 1, value_channels), **new)
-    dkey_slot = torch.empty((n_batch, n_hashes, padded_length, 1, match_channels), **new)
-    dlearned_slot = torch.empty((n_batch, n_hashes, padded_length, 1, chunk_size), **new)
-    delta = D.to(acc_dtype).contiguous()
-
-    def key_grid(cfg):
-        return (n_chunks * (chunk_size // cfg.kwargs["BLOCK_N"]), n_batch * n_hashes)
-
-    def dv_launch(cfg):
-        return Launch(_window_attn_bwd_dv_kernel, key_grid(cfg),
-                      dict(**rows, DV_SLOT=dv_slot, **shape_args),
-                      dict(**common, **config_blocks(cfg), BLOCK_C=dv_block_c),
-                      num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-                      flops=2 * elements * (block_d + dv_block_c), name="window_attn_bwd_dv")
-
-    def dkdq_launch(cfg, dq_parts):
-        block_c = cfg.kwargs["BLOCK_C"]
-        return Launch(_window_attn_bwd_dkdq_kernel, key_grid(cfg),
-                      dict(**rows, V=v, DELTA=delta, DKEY_SLOT=dkey_slot, DLEARNED_SLOT=dlearned_slot,
-                           DQ_PARTS=dq_parts, **shape_args),
-                      dict(**common, **config_blocks(cfg)), num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-                      flops=2 * elements * (3 * block_d + triton.cdiv(value_channels, block_c) * block_c),
-                      name="window_attn_bwd_dkdq")
-
-    def dq_parts_for(cfg):
-        n_parts = 3 * chunk_size // cfg.kwargs["BLOCK_N"]
-        return torch.empty((n_batch, n_hashes, length, n_parts, match_channels), **new)
-
+    kernels = _KeyBlockLaunches(q, v, learned, perm, g, D, lse_max, lse_sum, chunk_size, precision)
     if config is None:
-        key = (q.dtype, value_channels, match_channels, chunk_size, common["PRECISION"])
-        family = config_family(q.dtype, common["PRECISION"])
-
-        def fits(cfg):
-            return all(16 <= cfg.kwargs[b] <= chunk_size and chunk_size % cfg.kwargs[b] == 0
-                       for b in ("BLOCK_N", "BLOCK_M"))
-
-        config = dict(
-            dv=pick_config("window_attn_bwd_dv", DV_CONFIGS[family], key, q.device, fits,
-                           lambda cfg: run([dv_launch(cfg)])),
-            dkdq=pick_config("window_attn_bwd_dkdq", DKDQ_CONFIGS[family], key, q.device, fits,
-                             lambda cfg: run([dkdq_launch(cfg, dq_parts_for(cfg))])))
-    dq_parts = dq_parts_for(config["dkdq"])
-    outputs = {name: torch.empty((n_batch, length, width), **new)
-               for name, width in (("dv", value_channels), ("dlearned", chunk_size), ("dkey", match_channels),
+        config = kernels.pick_configs()
+    dq_parts = kernels.dq_parts(config["dkdq"])
+    n_batch, length, match_channels = q.shape
+    outputs = {name: torch.empty((n_batch, length, width), **kernels.new)
+               for name, width in (("dv", v.shape[2]), ("dlearned", chunk_size), ("dkey", match_channels),
                                    ("dq", match_channels))}
-    launches = [
-        dv_launch(config["dv"]),
-        dkdq_launch(config["dkdq"], dq_parts),
-        _fold_launch(dv_slot, inv, outputs["dv"], "window_attn_bwd_fold_dv"),
-        _fold_launch(dlearned_slot, inv, outputs["dlearned"], "window_attn_bwd_fold_dlearned"),
-        _fold_launch(dkey_slot, inv, outputs["dkey"], "window_attn_bwd_fold_dkey"),
-        _fold_launch(dq_parts, inv, outputs["dq"], "window_attn_bwd_fold_dq"),
-    ]
-    return launches, outputs
+    slots = dict(kernels.slots, dq=dq_parts)
+    folds = [_fold_launch(slots[name], inv, outputs[name], f"window_attn_bwd_fold_{name}") for name in outputs]
+    return [kernels.dv(config["dv"]), kernels.dkdq(config["dkdq"], dq_parts), *folds], outputs
 
 
 def minimal_bwd_flops(n_batch, n_hashes, length, match_channels, value_channels, chunk_size):

@@ -12,10 +12,11 @@ For a query slot `t` (chunk `k = t // l`, `i = t mod l`) and a key slot `j` of i
 
 The window of chunk `k` lists chunks k, k + 1, k - 1 (mod nC), in that order (the published order).
 """
+import torch
 import triton
 import triton.language as tl
 
-from .constants import KEY_NORM_EPS
+from .constants import KEY_NORM_EPS, effective_precision
 
 _KEY_NORM_EPS = tl.constexpr(KEY_NORM_EPS)
 
@@ -79,3 +80,16 @@ def window_scores(q, key, learned_rows, key_pos, query_in_chunk, CHUNK: tl.const
     scores = window_dot(q, tl.trans(key.to(q.dtype)), PRECISION, UPCAST, ACC)
     scores += tl.load(learned_rows + key_pos[None, :] * CHUNK + query_in_chunk[:, None]).to(ACC)
     return scores
+
+
+def accumulation_dtype(dtype):
+    """The dtype the kernels accumulate `dtype` inputs in: float64 for float64 (gradcheck), else float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def dot_constexprs(x, precision):
+    """PRECISION, UPCAST and ACC of window_dot / window_scores for inputs like `x` and float32 dots of
+    `precision` (ValueError for an unknown one)."""
+    return dict(PRECISION=effective_precision(x.dtype, precision),
+                UPCAST=x.device.type == "cpu" and x.dtype == torch.bfloat16,
+                ACC=tl.float64 if x.dtype == torch.float64 else tl.float32)

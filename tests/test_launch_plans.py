@@ -1,6 +1,7 @@
 """Launch plans (kernels/launch.py) of the forward kernels: config selection, plans on meta tensors,
 FLOPs models against the minimal algorithm, and the precision mode reaching the compiled code."""
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -11,9 +12,11 @@ import triton
 
 from dlsn.kernels import launch as launch_module
 from dlsn.kernels.bucket_sort import bucket_sort_fwd_plan
+from dlsn.kernels.constants import DOT_FAMILIES, FP32_PRECISIONS, dot_family, effective_precision
 from dlsn.kernels.hash import sblsh_hash_fwd_min_flops, sblsh_hash_fwd_plan
 from dlsn.kernels.launch import Config, pick_config
-from dlsn.kernels.window_attention import window_attn_fwd_min_flops, window_attn_fwd_plan
+from dlsn.kernels.window_attention import WINDOW_ATTN_FWD_CONFIGS, window_attn_fwd_min_flops, window_attn_fwd_plan
+from dlsn.kernels.window_attention_bwd import DKDQ_CONFIGS, DV_CONFIGS
 
 # name: (N, H*W, c, C, l, h, buckets)
 SHAPES = {
@@ -85,6 +88,31 @@ def test_forward_plan_fits_the_grid_and_the_chunk(shape, dtype, precision):
     assert 16 <= k["BLOCK_M"] <= l and 16 <= k["BLOCK_N"] <= l and k["CHUNK"] == l
     assert k["BLOCK_C"] == max(16, triton.next_power_of_2(C)) and k["BLOCK_D"] == max(16, triton.next_power_of_2(c))
     assert launch.grid == (triton.cdiv(length, k["BLOCK_M"]), n * h) and launch.grid[1] < 2 ** 16
+
+
+def test_every_config_table_is_keyed_by_the_dot_families():
+    for table in (WINDOW_ATTN_FWD_CONFIGS, DV_CONFIGS, DKDQ_CONFIGS):
+        assert tuple(table) == DOT_FAMILIES
+
+
+@pytest.mark.parametrize("dtype, precision, effective, family", [
+    (torch.float32, "ieee", "ieee", "fma"), (torch.float32, "tf32", "tf32", "tf32"),
+    (torch.float32, "tf32x3", "tf32x3", "tf32x3"), (torch.bfloat16, "tf32", "ieee", "16-bit"),
+    (torch.float16, "tf32x3", "ieee", "16-bit"), (torch.float64, "tf32", "ieee", "fma")])
+def test_forward_starts_from_the_first_config_of_its_dot_family(dtype, precision, effective, family):
+    assert (effective_precision(dtype, precision), dot_family(dtype, precision)) == (effective, family)
+    (launch,), _ = window_attn_fwd_plan(*meta_inputs("training", dtype), SHAPES["training"][4], precision)
+    first = WINDOW_ATTN_FWD_CONFIGS[family][0]
+    assert all(launch.constexprs[k] == v for k, v in first.kwargs.items())
+    assert (launch.num_warps, launch.num_stages) == (first.num_warps, first.num_stages)
+
+
+def test_an_unknown_precision_has_no_dot_family():
+    message = f"precision must be one of {FP32_PRECISIONS}, got 'tf64'"
+    for dtype in (torch.float32, torch.bfloat16):
+        for function in (effective_precision, dot_family):
+            with pytest.raises(ValueError, match=re.escape(message)):
+                function(dtype, "tf64")
 
 
 def test_forward_plan_skips_query_tiles_of_padding_only():

@@ -189,7 +189,7 @@ def _meta_inputs(n, h, length, c, C, chunk_size, dtype):
 
 
 @pytest.mark.parametrize("dtype, precision, family", [
-    (torch.float32, "ieee", "fma"), (torch.float32, "tf32", "tf32"), (torch.float32, "tf32x3", "tf32"),
+    (torch.float32, "ieee", "fma"), (torch.float32, "tf32", "tf32"), (torch.float32, "tf32x3", "tf32x3"),
     (torch.bfloat16, "tf32", "16-bit"), (torch.float16, "ieee", "16-bit"), (torch.float64, "tf32", "fma")])
 def test_precision_reaches_the_kernels(dtype, precision, family):
     """The float32 dots' precision is a constexpr of both kernels (16-bit and float64 inputs: "ieee"),
