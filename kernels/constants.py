@@ -19,11 +19,19 @@ FP32_PRECISIONS = ("ieee", "tf32", "tf32x3")
 DOT_FAMILIES = ("fma", "tf32", "tf32x3", "16-bit")
 
 
+def check_fp32_precision(name, value, allow_none=False):
+    """`value` when it is one of `FP32_PRECISIONS` (or None with `allow_none`); else a ValueError
+    naming `name`. Every layer checks a float32 dot mode with this rule."""
+    allowed = ((None,) if allow_none else ()) + FP32_PRECISIONS
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+    return value
+
+
 def effective_precision(dtype, precision):
     """The input precision the dots of `dtype` inputs run in: `precision` for float32, "ieee" for
     16-bit inputs (their tensor-core dots take no precision) and float64 (exact, for gradcheck)."""
-    if precision not in FP32_PRECISIONS:
-        raise ValueError(f"precision must be one of {FP32_PRECISIONS}, got {precision!r}")
+    check_fp32_precision("precision", precision)
     return precision if dtype == torch.float32 else "ieee"
 
 

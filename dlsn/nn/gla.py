@@ -58,7 +58,7 @@ class GLA(nn.Module):
         if channels % reduction:
             raise ValueError(f"GLA: channels ({channels}) must be divisible by reduction ({reduction})")
         checks.one_of("GLA: backend", backend, ops.BACKENDS)
-        checks.fp32_precision("GLA: fp32_precision", fp32_precision, allow_none=True)
+        checks.check_fp32_precision("GLA: fp32_precision", fp32_precision, allow_none=True)
         checks.one_of("GLA: similarity", similarity, SIMILARITIES)
         self.similarity = similarity
         self.channels = channels

@@ -9,7 +9,7 @@ import importlib.util
 import torch
 
 from ..kernels.constants import CHUNK_SIZES
-from .checks import fp32_precision, one_of
+from .checks import check_fp32_precision, one_of
 from .extension import extension_available
 
 BACKENDS = ("auto", "reference", "triton")
@@ -70,4 +70,4 @@ def resolve_precision(precision=None):
     "medium" -> "tf32")."""
     if precision is None:
         return MATMUL_PRECISION_TO_FP32[torch.get_float32_matmul_precision()]
-    return fp32_precision("precision", precision)
+    return check_fp32_precision("precision", precision)

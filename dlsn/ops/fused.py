@@ -55,7 +55,7 @@ from ..kernels.hash import sblsh_hash_fwd
 from ..kernels.window_attention import window_attn_fwd
 from ..kernels.window_attention_bwd import window_attn_bwd
 from .backends import triton_device_problem
-from .checks import fp32_precision, positive_int
+from .checks import check_fp32_precision, positive_int
 from .scatter import attention_grad_rows, scatter_back
 
 __all__ = ["gla_attention", "sorted_attention", "triton_hash", "triton_sort", "triton_window_attention"]
@@ -137,7 +137,7 @@ def _check_perm(perm, q, chunk_size):
 def _check_attention_inputs(q, v, learned, x, chunk_size, res_scale, precision):
     """Everything the attention op takes besides the slots; returns the device."""
     device = _check_embeddings(q, v, learned, chunk_size)
-    fp32_precision("precision", precision)
+    check_fp32_precision("precision", precision)
     _check_tensor("x", x, 4, FLOAT_DTYPES)
     _check_device([("q", q), ("x", x)])
     n_batch, length, channels = v.shape
@@ -207,7 +207,7 @@ def triton_window_attention(q, v, learned, perm, chunk_size, precision="ieee", c
         O [N, h, L, C] in v's dtype, round_max and round_sum [N, h, L] float32, for the real slots.
     """
     device = _check_embeddings(q, v, learned, chunk_size)
-    fp32_precision("precision", precision)
+    check_fp32_precision("precision", precision)
     _check_perm(perm, q, chunk_size)
     if check_range:
         _check_index_range("perm", perm, q.shape[1])
