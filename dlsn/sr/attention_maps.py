@@ -16,7 +16,7 @@ memory is `O(Q * h * 3l * c)` for `Q` queries, plus the layer's own `[N, L, *]` 
 either alone); `learned_term=False` removes the learnable similarity: the scores are the dot products
 alone, with the same buckets (hashing uses the queries only, so the windows do not change).
 
-`dlsn attention` (`run_attention`) draws them: the LR image with each query marked, its top-k
+`dlsn attention` (`run`) draws them: the LR image with each query marked, its top-k
 attended positions and a heat map, with and without the learnable term, side by side.
 """
 from __future__ import annotations
@@ -32,8 +32,7 @@ from ..ops import reference
 from ..nn.gla import GLA
 from ..kernels.constants import KEY_NORM_EPS
 
-__all__ = ["attention_weights", "capture_gla_inputs", "gla_layers", "texture_queries", "add_attention_arguments",
-           "run_attention"]
+__all__ = ["attention_weights", "capture_gla_inputs", "gla_layers", "texture_queries", "add_arguments", "run"]
 
 
 def gla_layers(model):
@@ -165,7 +164,8 @@ def _parse_layer(text):
         raise argparse.ArgumentTypeError(f"expected a GLA layer index or 'all', got {text!r}") from None
 
 
-def add_attention_arguments(parser):
+def add_arguments(parser):
+    """Arguments of ``dlsn attention``."""
     parser.add_argument("--checkpoint", required=True, metavar="CKPT",
                         help="a model checkpoint (DLSN or another architecture with GLA layers)")
     parser.add_argument("image", metavar="IMAGE", help="the LR input image")
@@ -236,7 +236,8 @@ def _top_summary(grid_weights, width, query, top_k):
     return list(zip(xs.tolist(), ys.tolist(), values.tolist())), mean_distance
 
 
-def run_attention(args) -> int:
+def run(args) -> int:
+    """``dlsn attention``: draws the attention maps into ``-o``; returns the exit status."""
     from PIL import Image
 
     from .checkpoint import load_model

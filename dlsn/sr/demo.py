@@ -24,7 +24,7 @@ from .imresize import imresize
 from .data import ImagePairs, benchmark_pairs
 from .train import train
 
-__all__ = ["add_demo_arguments", "run_demo", "photographs", "TRAIN_PHOTOS", "HELD_OUT_PHOTOS", "GAIN_TARGET_DB"]
+__all__ = ["add_arguments", "run", "photographs", "TRAIN_PHOTOS", "HELD_OUT_PHOTOS", "GAIN_TARGET_DB"]
 
 GAIN_TARGET_DB = 0.5
 SCALE = 2
@@ -51,7 +51,8 @@ def photographs(names):
     return images
 
 
-def add_demo_arguments(parser: argparse.ArgumentParser):
+def add_arguments(parser: argparse.ArgumentParser):
+    """Arguments of ``dlsn demo``."""
     parser.add_argument("--data", type=Path, default=None,
                         help="also evaluate on this benchmark folder of HR images (e.g. Set5)")
     parser.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder (default: runs/demo)")
@@ -109,7 +110,8 @@ def _side_by_side(outputs, path, crop=128, zoom=2):
     Image.fromarray(array).save(path)
 
 
-def run_demo(args) -> int:
+def run(args) -> int:
+    """``dlsn demo``: trains, scores and writes the comparison; returns the exit status (module docstring)."""
     started = time.time()
     cfg = load_config(args.config, args.overrides)
     extra = [f"log.out_dir={args.out}"]

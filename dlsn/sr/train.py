@@ -28,7 +28,8 @@ Ctrl-C (SIGINT) finishes the current step, writes a checkpoint and stops; `--res
 
 `train` runs a `Trainer` through its steps: `set_up` (model, EMA, optimizer, schedule, gradient
 scaler), `resume`, `load_data`, then `run`, which takes a `step` per iteration and calls
-`validate` and `save` when `cfg.log` asks.
+`validate` and `save` when `cfg.log` asks. The module is also the `dlsn train` command
+(`add_arguments`, `run`).
 """
 from __future__ import annotations
 
@@ -52,20 +53,17 @@ from tqdm import tqdm
 
 from ..models.backbones import build_model
 from . import checkpoint as ckpt
-from .config import Config, config_to_dict
+from .config import Config, config_to_dict, load_config
 from .data import PatchPairs, TrainPairs, benchmark_pairs
 from .inference import upscale_tensor
 from .metrics import calc_psnr
-from .utils import resolve_device
+from .utils import TrainingInterrupted, resolve_device
 
-__all__ = ["train", "Trainer", "SampleStream", "validate", "format_duration", "TrainingInterrupted"]
+__all__ = ["train", "Trainer", "SampleStream", "validate", "format_duration", "TrainingInterrupted",
+           "add_arguments", "run"]
 
 # Iterations timed for the start-of-training estimate (after one warm-up iteration).
 ESTIMATE_ITERATIONS = 20
-
-
-class TrainingInterrupted(RuntimeError):
-    """Raised after Ctrl-C once the checkpoint holding the finished steps is written."""
 
 
 class SampleStream(torch.utils.data.Sampler):
@@ -517,3 +515,20 @@ def train(cfg: Config, resume=None, pairs=None, val_pairs=None, stop_at=None, st
     trainer.run(cfg.train.iterations if stop_at is None else min(cfg.train.iterations, stop_at), step_callback)
     return trainer.result()
 
+
+def add_arguments(parser):
+    """Arguments of ``dlsn train``."""
+    parser.add_argument("--config", required=True,
+                        help="YAML config file, or the name of a packaged one: dlsn_x2, dlsn_x3, dlsn_x4, demo")
+    parser.add_argument("--resume", default=None, metavar="CKPT",
+                        help="continue from a training checkpoint, or 'auto' for the latest in log.out_dir")
+    parser.add_argument("overrides", nargs="*", metavar="section.key=value",
+                        help="config overrides, e.g. train.lr=2e-4 data.train_dir=/data/DIV2K")
+
+
+def run(args) -> int:
+    """``dlsn train``: trains per the config; returns the exit status."""
+    cfg = load_config(args.config, args.overrides)
+    result = train(cfg, resume=args.resume)
+    print(f"finished at iteration {result['iteration']}; outputs in {result['out_dir']}")
+    return 0
