@@ -27,10 +27,13 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from PIL import Image, ImageDraw
 
 from ..ops import reference
 from ..nn.gla import GLA
 from ..kernels.constants import KEY_NORM_EPS
+from .checkpoint import load_model
+from .imageio import read_image
 
 __all__ = ["attention_weights", "capture_gla_inputs", "gla_layers", "texture_queries", "add_arguments", "run"]
 
@@ -201,8 +204,6 @@ _TITLE_WIDTH = 300  # pixels: room for the two title lines next to small images
 def _panel(image, weights, query, top_k, zoom, title):
     """One PIL panel: the image darkened, the heat map (sqrt-scaled weights) over it, top-k squares,
     the query as a cyan cross, and a title line above."""
-    from PIL import Image, ImageDraw
-
     height, width = image.shape[-2:]
     grid = weights.reshape(height, width).float()
     heat = (grid / grid.max().clamp_min(1e-30)).sqrt()  # sqrt: the weights are peaked; show the tail too
@@ -238,11 +239,6 @@ def _top_summary(grid_weights, width, query, top_k):
 
 def run(args) -> int:
     """``dlsn attention``: draws the attention maps into ``-o``; returns the exit status."""
-    from PIL import Image
-
-    from .checkpoint import load_model
-    from .imageio import read_image
-
     if args.top_k < 1:
         raise ValueError(f"--top-k must be positive, got {args.top_k}")
     if args.auto_queries < 1:

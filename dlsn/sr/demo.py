@@ -18,10 +18,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 from .config import apply_overrides, load_config
-from .imresize import imresize
 from .data import ImagePairs, benchmark_pairs
+from .imresize import imresize
+from .inference import upscale_tensor
+from .metrics import calc_psnr, calc_ssim
 from .train import train
 
 __all__ = ["add_arguments", "run", "photographs", "TRAIN_PHOTOS", "HELD_OUT_PHOTOS", "GAIN_TARGET_DB"]
@@ -63,9 +66,6 @@ def add_arguments(parser: argparse.ArgumentParser):
 
 
 def _scores(model, pairs, device, rgb_range):
-    from .inference import upscale_tensor
-    from .metrics import calc_psnr, calc_ssim
-
     rows, outputs = [], []
     with torch.no_grad():
         for name, (lr, hr) in zip(pairs.names, pairs):
@@ -94,8 +94,6 @@ def _print_table(title, rows):
 
 def _side_by_side(outputs, path, crop=128, zoom=2):
     """Centre crops of the first held-out image: bicubic | DLSN | ground truth, enlarged `zoom` times."""
-    from PIL import Image
-
     bicubic, sr, hr = outputs
     h, w = hr.shape[-2:]
     size = min(crop, h, w)
