@@ -6,7 +6,7 @@ import torch
 
 import dlsn
 from dlsn.sr import checkpoint as ckpt
-from dlsn.models import infer_arguments
+from dlsn.models import infer_arguments, load_state_dict_strict
 from dlsn.sr.checkpoint import CheckpointError
 
 SMALL = dict(n_resgroups=2, n_resblocks=2, n_feats=16, reduction=4, chunk_size=16)
@@ -76,7 +76,7 @@ def test_strict_load_reports_everything_and_copies_nothing():
     source["extra.weight"] = torch.zeros(1)
     del source["head.0.bias"]
     with pytest.raises(CheckpointError) as info:
-        ckpt.load_state_dict_strict(model, source)
+        load_state_dict_strict(model, source)
     text = str(info.value)
     assert "tail.0.0.weight: checkpoint (144, 16, 3, 3) vs model (64, 16, 3, 3)" in text
     assert "missing keys (1): head.0.bias" in text and "unexpected keys (1): extra.weight" in text
@@ -87,7 +87,7 @@ def test_strict_load_reports_everything_and_copies_nothing():
 def test_fine_tune_excludes_the_upsampler():
     x2, x4 = small_model(2), small_model(4)
     tail_before = x4.tail[0][0].weight.clone()
-    ckpt.load_state_dict_strict(x4, x2.state_dict(), exclude=("tail.0.",))
+    load_state_dict_strict(x4, x2.state_dict(), exclude=("tail.0.",))
     assert torch.equal(x4.tail[0][0].weight, tail_before)
     for key, value in x2.state_dict().items():
         if not key.startswith("tail.0."):

@@ -9,7 +9,8 @@ import torch
 from dlsn.sr import checkpoint as ckpt
 from dlsn.sr.cli import main
 from dlsn.sr.config import config_from_dict
-from dlsn.sr.train import ImagePairs, _training_pairs, format_duration, train
+from dlsn.sr.data import ImagePairs
+from dlsn.sr.train import _training_pairs, format_duration, train
 
 
 def tiny_config(out_dir, iterations=6, **log):

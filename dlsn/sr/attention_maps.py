@@ -17,7 +17,7 @@ memory is `O(Q * h * 3l * c)` for `Q` queries, plus the layer's own `[N, L, *]` 
 either alone); `learned_term=False` removes the learnable similarity: the scores are the dot products
 alone, with the same buckets (hashing uses the queries only, so the windows do not change).
 
-`dlsn attention` (`run_attention`) draws them: the LR image with each query marked, its top-k
+`dlsn attention` (`run`) draws them: the LR image with each query marked, its top-k
 attended positions and a heat map, with and without the learnable term, side by side.
 """
 from __future__ import annotations
@@ -28,12 +28,14 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from PIL import Image, ImageDraw
 
 from ..nn import GLA, gla_layers
 from ..ops import reference
+from .checkpoint import load_model
+from .imageio import read_image
 
-__all__ = ["attention_weights", "capture_gla_inputs", "texture_queries", "add_attention_arguments",
-           "run_attention"]
+__all__ = ["attention_weights", "capture_gla_inputs", "texture_queries", "add_arguments", "run"]
 
 
 def _query_index(queries, length, device):
@@ -152,7 +154,8 @@ def _parse_layer(text):
         raise argparse.ArgumentTypeError(f"expected a GLA layer index or 'all', got {text!r}") from None
 
 
-def add_attention_arguments(parser):
+def add_arguments(parser):
+    """Arguments of ``dlsn attention``."""
     parser.add_argument("--checkpoint", required=True, metavar="CKPT",
                         help="a model checkpoint (DLSN or another architecture with GLA layers)")
     parser.add_argument("image", metavar="IMAGE", help="the LR input image")
@@ -188,8 +191,6 @@ _TITLE_WIDTH = 300  # pixels: room for the two title lines next to small images
 def _panel(image, weights, query, top_k, zoom, title):
     """One PIL panel: the image darkened, the heat map (sqrt-scaled weights) over it, top-k squares,
     the query as a cyan cross, and a title line above."""
-    from PIL import Image, ImageDraw
-
     height, width = image.shape[-2:]
     grid = weights.reshape(height, width).float()
     heat = (grid / grid.max().clamp_min(1e-30)).sqrt()  # sqrt: the weights are peaked; show the tail too
@@ -223,12 +224,8 @@ def _top_summary(grid_weights, width, query, top_k):
     return list(zip(xs.tolist(), ys.tolist(), values.tolist())), mean_distance
 
 
-def run_attention(args) -> int:
-    from PIL import Image
-
-    from .checkpoint import load_model
-    from .imageio import read_image
-
+def run(args) -> int:
+    """``dlsn attention``: draws the attention maps into ``-o``; returns the exit status."""
     if args.top_k < 1:
         raise ValueError(f"--top-k must be positive, got {args.top_k}")
     if args.auto_queries < 1:

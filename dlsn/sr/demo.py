@@ -18,13 +18,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 from .config import apply_overrides, load_config
-from .imresize import imresize
 from .data import ImagePairs, benchmark_pairs
+from .imresize import imresize
+from .inference import upscale_tensor
+from .metrics import calc_psnr, calc_ssim
 from .train import train
 
-__all__ = ["add_demo_arguments", "run_demo", "photographs", "TRAIN_PHOTOS", "HELD_OUT_PHOTOS", "GAIN_TARGET_DB"]
+__all__ = ["add_arguments", "run", "photographs", "TRAIN_PHOTOS", "HELD_OUT_PHOTOS", "GAIN_TARGET_DB"]
 
 GAIN_TARGET_DB = 0.5
 SCALE = 2
@@ -51,7 +54,8 @@ def photographs(names):
     return images
 
 
-def add_demo_arguments(parser: argparse.ArgumentParser):
+def add_arguments(parser: argparse.ArgumentParser):
+    """Arguments of ``dlsn demo``."""
     parser.add_argument("--data", type=Path, default=None,
                         help="also evaluate on this benchmark folder of HR images (e.g. Set5)")
     parser.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder (default: runs/demo)")
@@ -62,9 +66,6 @@ def add_demo_arguments(parser: argparse.ArgumentParser):
 
 
 def _scores(model, pairs, device, rgb_range):
-    from .inference import upscale_tensor
-    from .metrics import calc_psnr, calc_ssim
-
     rows, outputs = [], []
     with torch.no_grad():
         for name, (lr, hr) in zip(pairs.names, pairs):
@@ -93,8 +94,6 @@ def _print_table(title, rows):
 
 def _side_by_side(outputs, path, crop=128, zoom=2):
     """Centre crops of the first held-out image: bicubic | DLSN | ground truth, enlarged `zoom` times."""
-    from PIL import Image
-
     bicubic, sr, hr = outputs
     h, w = hr.shape[-2:]
     size = min(crop, h, w)
@@ -109,7 +108,8 @@ def _side_by_side(outputs, path, crop=128, zoom=2):
     Image.fromarray(array).save(path)
 
 
-def run_demo(args) -> int:
+def run(args) -> int:
+    """``dlsn demo``: trains, scores and writes the comparison; returns the exit status (module docstring)."""
     started = time.time()
     cfg = load_config(args.config, args.overrides)
     extra = [f"log.out_dir={args.out}"]

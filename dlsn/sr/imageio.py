@@ -11,6 +11,9 @@
   ``read_image_with_alpha`` instead returns the RGB (not composited) and the alpha plane, which
   ``dlsn upscale`` resizes separately to write an RGBA result.
 
+``image_info`` tells, from the file's header, its format, whether it is grayscale and whether it
+holds 16-bit samples; ``dlsn upscale`` writes its result alike.
+
 ``write_image`` writes ``[3, H, W]`` (RGB), ``[4, H, W]`` (RGBA), ``[1, H, W]`` (gray) or ``[2, H, W]`` (gray+alpha) tensors in
 [0, 1], rounded; ``bit_depth=16`` writes a 16-bit PNG, 8 writes any format Pillow knows from the
 suffix (JPEG at quality 95; alpha is refused for formats without it).
@@ -21,7 +24,7 @@ from __future__ import annotations
 import struct
 import zlib
 from pathlib import Path
-from typing import Optional, Tuple, Union
+from typing import NamedTuple, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -29,7 +32,8 @@ from PIL import Image, UnidentifiedImageError
 
 from .utils import WriteError, make_parent, os_error_reason
 
-__all__ = ["read_image", "read_image_with_alpha", "write_image", "IMAGE_EXTENSIONS", "NO_ALPHA_EXTENSIONS"]
+__all__ = ["read_image", "read_image_with_alpha", "write_image", "image_info", "ImageInfo", "IMAGE_EXTENSIONS",
+           "NO_ALPHA_EXTENSIONS"]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 # Formats that cannot store transparency.
@@ -40,17 +44,20 @@ PathLike = Union[str, Path]
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # PNG colour types that Pillow truncates at 16 bit, with their channel counts.
 _PNG16_CHANNELS = {2: 3, 4: 2, 6: 4}
+# PNG colour types of gray and gray + alpha images.
+_PNG_GRAY_TYPES = (0, 4)
+# Pillow modes of grayscale images, and those `_pil_to_array` reads as 16-bit samples.
+_PIL_16BIT_MODES = ("I;16", "I;16B", "I;16L", "I")
+_PIL_GRAY_MODES = ("1", "L", "LA", "F", *_PIL_16BIT_MODES)
 
 
-def _png16_header(path: Path) -> Optional[Tuple[int, int, int, int, int]]:
-    """``(width, height, bit_depth, colour_type, interlace)`` of a 16-bit colour PNG, else None."""
+def _png_header(path: Path) -> Optional[Tuple[int, int, int, int, int]]:
+    """``(width, height, bit_depth, colour_type, interlace)`` of a PNG file, else None."""
     with open(path, "rb") as f:
         head = f.read(33)
     if len(head) < 33 or head[:8] != _PNG_SIGNATURE or head[12:16] != b"IHDR":
         return None
     width, height, depth, ctype, _, _, interlace = struct.unpack(">IIBBBBB", head[16:29])
-    if depth != 16 or ctype not in _PNG16_CHANNELS:
-        return None
     return width, height, depth, ctype, interlace
 
 
@@ -112,7 +119,7 @@ def _read_png16(path: Path, width: int, height: int, ctype: int, interlace: int)
 def _pil_to_array(img: Image.Image) -> np.ndarray:
     """Float32 ``[H, W, C]`` in [0, 1] with C in {1, 2, 3, 4} (gray, gray+alpha, RGB, RGBA)."""
     mode = img.mode
-    if mode in ("I;16", "I;16B", "I;16L", "I"):
+    if mode in _PIL_16BIT_MODES:
         # Pillow opens 16-bit grayscale PNGs as I;16 (or I); values are 0..65535.
         return (np.asarray(img, dtype=np.float64) / 65535.0).clip(0, 1).astype(np.float32)[..., None]
     if mode == "F":
@@ -128,22 +135,62 @@ def _pil_to_array(img: Image.Image) -> np.ndarray:
     return arr[..., None] if arr.ndim == 2 else arr
 
 
-def _load_array(path: PathLike) -> np.ndarray:
+def _image_file(path: PathLike) -> Path:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"image not found: {path}")
     if not path.is_file():
         raise ValueError(f"not an image file (a folder?): {path}")
-    png16 = _png16_header(path)
-    if png16 is not None:
-        width, height, _, ctype, interlace = png16
+    return path
+
+
+def _unreadable(path: Path, exc: Exception) -> ValueError:
+    return ValueError(f"cannot read image {path}: {exc}")
+
+
+# What Pillow fails with on files it cannot decode.
+_PIL_ERRORS = (UnidentifiedImageError, OSError, ValueError, SyntaxError)
+
+
+def _load_array(path: PathLike) -> np.ndarray:
+    path = _image_file(path)
+    header = _png_header(path)
+    if header is not None and header[2] == 16 and header[3] in _PNG16_CHANNELS:
+        width, height, _, ctype, interlace = header
         return _read_png16(path, width, height, ctype, interlace)
     try:
         with Image.open(path) as img:
             img.load()
             return _pil_to_array(img)
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-        raise ValueError(f"cannot read image {path}: {exc}") from exc
+    except _PIL_ERRORS as exc:
+        raise _unreadable(path, exc) from exc
+
+
+class ImageInfo(NamedTuple):
+    """What an image file holds: its format (Pillow's name, e.g. ``"PNG"``), whether it is
+    grayscale (with or without alpha) and the bits per sample ``read_image`` keeps (16 or 8)."""
+
+    format: str
+    gray: bool
+    bit_depth: int
+
+
+def image_info(path: PathLike) -> ImageInfo:
+    """The ``ImageInfo`` of the image at ``path``, from its header (no pixels are decoded).
+
+    Raises ``FileNotFoundError`` / ``ValueError`` naming ``path`` for missing or unreadable files.
+    """
+    path = _image_file(path)
+    header = _png_header(path)
+    if header is not None:
+        _, _, depth, ctype, _ = header
+        return ImageInfo("PNG", gray=ctype in _PNG_GRAY_TYPES, bit_depth=16 if depth == 16 else 8)
+    try:
+        with Image.open(path) as img:
+            mode, image_format = img.mode, img.format
+    except _PIL_ERRORS as exc:
+        raise _unreadable(path, exc) from exc
+    return ImageInfo(image_format, gray=mode in _PIL_GRAY_MODES, bit_depth=16 if mode in _PIL_16BIT_MODES else 8)
 
 
 def _split(arr: np.ndarray) -> Tuple[np.ndarray, Optional[np.ndarray]]:

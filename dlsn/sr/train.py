@@ -25,9 +25,15 @@ parameter `a` is never used in `forward`; it is frozen (`requires_grad=False`, s
 runs without `find_unused_parameters` (which would cost an extra graph traversal every step).
 
 Ctrl-C (SIGINT) finishes the current step, writes a checkpoint and stops; `--resume` continues.
+
+`train` runs a `Trainer` through its steps: `set_up` (model, EMA, optimizer, schedule, gradient
+scaler), `resume`, `load_data`, then `run`, which takes a `step` per iteration and calls
+`validate` and `save` when `cfg.log` asks. The module is also the `dlsn train` command
+(`add_arguments`, `run`).
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import csv
 import os
@@ -43,18 +49,22 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, DistributedSampler
+from tqdm import tqdm
 
+from ..models import build_model, load_state_dict_strict
 from . import checkpoint as ckpt
-from .config import Config, config_to_dict
-from .data import ImagePairs, PatchPairs, benchmark_pairs
-from .utils import resolve_device
+from .config import Config, config_to_dict, load_config
+from .data import PatchPairs, TrainPairs, benchmark_pairs
+from .inference import upscale_tensor
+from .metrics import calc_psnr
+from .progress import format_duration
+from .utils import TrainingInterrupted, resolve_device
 
-__all__ = ["PatchPairs", "ImagePairs", "SampleStream", "build_model", "train", "format_duration",
-           "benchmark_pairs", "validate", "TrainingInterrupted"]
+__all__ = ["train", "Trainer", "SampleStream", "validate", "TrainingInterrupted",
+           "add_arguments", "run"]
 
-
-class TrainingInterrupted(RuntimeError):
-    """Raised after Ctrl-C once the checkpoint holding the finished steps is written."""
+# Iterations timed for the start-of-training estimate (after one warm-up iteration).
+ESTIMATE_ITERATIONS = 20
 
 
 class SampleStream(torch.utils.data.Sampler):
@@ -86,27 +96,26 @@ class SampleStream(torch.utils.data.Sampler):
             epoch, offset = epoch + 1, 0
 
 
-def build_model(cfg: Config) -> torch.nn.Module:
-    from ..models import build_model as build_arch
-
-    return build_arch(cfg.model)
-
-
 def _training_pairs(cfg: Config):
     if not cfg.data.train_dir:
         raise ValueError("data.train_dir is not set: give a DIV2K-layout folder, e.g. data.train_dir=/data/DIV2K")
-    from .data import TrainPairs
-
     return TrainPairs(cfg.data.train_dir, scale=cfg.model.scale, degradation=cfg.data.degradation,
                       noise_level=cfg.data.noise_level, seed=cfg.train.seed)
+
+
+def _validation_pairs(cfg: Config):
+    """The benchmark of `data.val_dir` when validation is on, else None."""
+    if not (cfg.data.val_dir and cfg.log.val_every):
+        return None
+    if not Path(cfg.data.val_dir).is_dir():
+        raise FileNotFoundError(f"data.val_dir: benchmark folder {cfg.data.val_dir!r} not found")
+    return benchmark_pairs(cfg.data.val_dir, cfg.model.scale, cfg.data.val_max_images, cfg.data.degradation,
+                           cfg.data.noise_level, seed=cfg.train.seed)
 
 
 @torch.no_grad()
 def validate(model, pairs, scale, rgb_range=1.0, device="cpu"):
     """Mean Y-PSNR of `model` on full-size `pairs` (eval mode, fixed hashing), RNG streams untouched."""
-    from .inference import upscale_tensor
-    from .metrics import calc_psnr
-
     was_training = model.training
     model.eval()
     devices = [device] if torch.device(device).type == "cuda" else []
@@ -119,10 +128,6 @@ def validate(model, pairs, scale, rgb_range=1.0, device="cpu"):
     return float(np.mean(scores))
 
 
-def _in_main_thread():
-    return threading.current_thread() is threading.main_thread()
-
-
 def _distributed():
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and not dist.is_initialized():
@@ -132,6 +137,14 @@ def _distributed():
     return 0, 1, 0
 
 
+def _gather(obj, world):
+    if world == 1:
+        return [obj]
+    gathered = [None] * world
+    dist.all_gather_object(gathered, obj)
+    return gathered
+
+
 def _latest_checkpoint(out_dir: Path):
     found = sorted((out_dir / "checkpoints").glob("iter_*.pt"))
     if not found:
@@ -139,8 +152,23 @@ def _latest_checkpoint(out_dir: Path):
     return found[-1]
 
 
-class _Logger:
-    """CSV (always) and TensorBoard (when enabled; a one-line notice when not installed) on rank 0."""
+@contextlib.contextmanager
+def _deferred_ctrl_c():
+    """Within: Ctrl-C (SIGINT) appends to the yielded list instead of raising, so the step under
+    way finishes. Only the main thread can take signals; elsewhere Ctrl-C is left as it is."""
+    pressed = []
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGINT, lambda *_: pressed.append(True))
+    try:
+        yield pressed
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+
+
+class _ScalarLog:
+    """log.csv (always) and TensorBoard (when enabled; a one-line notice when not installed)."""
 
     FIELDS = ["iteration", "loss", "lr", "val_psnr", "seconds"]
 
@@ -155,7 +183,7 @@ class _Logger:
         self.tb = None
         if tensorboard:
             try:
-                from torch.utils.tensorboard import SummaryWriter
+                from torch.utils.tensorboard import SummaryWriter  # optional: only when asked for
             except ImportError:
                 print("notice: TensorBoard logging is off because the tensorboard package is not installed "
                       "(pip install tensorboard, or set log.tensorboard=false); log.csv is written as usual",
@@ -177,17 +205,8 @@ class _Logger:
             self.tb.close()
 
 
-def format_duration(seconds) -> str:
-    """`3 d 04:05:06`, `4:05:06` or `0:00:07`."""
-    seconds = int(round(max(0.0, seconds)))
-    days, rest = divmod(seconds, 86400)
-    hours, rest = divmod(rest, 3600)
-    text = f"{hours}:{rest // 60:02d}:{rest % 60:02d}"
-    return f"{days} d {hours:02d}:{rest // 60:02d}:{rest % 60:02d}" if days else text
-
-
 class _TextLog:
-    """Human-readable lines (estimates, progress, best validation) in `out_dir/train.log`, rank 0."""
+    """Human-readable lines (estimates, progress, best validation) in `out_dir/train.log`."""
 
     def __init__(self, out_dir: Path, echo: bool, writer=print):
         self.path, self.echo, self.writer = out_dir / "train.log", echo, writer
@@ -199,20 +218,278 @@ class _TextLog:
             self.writer(line)
 
 
-# Iterations timed for the start-of-training estimate (after one warm-up iteration).
-ESTIMATE_ITERATIONS = 20
+class _RunReport:
+    """Rank 0's account of the iterations `start`..`end` of a run: rows of log.csv (and
+    TensorBoard), lines of train.log (speed estimate, progress with the ETA, validations; printed
+    unless quiet, progress lines only when the progress bar is off) and the progress bar."""
+
+    def __init__(self, cfg: Config, start: int, end: int, quiet: bool):
+        self.cfg, self.start, self.end = cfg, start, end
+        out_dir = Path(cfg.log.out_dir)
+        self.scalars = _ScalarLog(out_dir, cfg.log.tensorboard)
+        self.bar = None
+        if cfg.log.progress and not quiet:
+            self.bar = tqdm(total=end, initial=start, desc="train", dynamic_ncols=True, unit="it")
+        self.text = _TextLog(out_dir, echo=not quiet, writer=print if self.bar is None else self.bar.write)
+        self.print_progress = self.bar is None and not quiet
+        self.timed_from = None  # (iteration, time) after the warm-up iteration
+        self.started = time.time()
+
+    def step_done(self, iteration, loss, lr, val_psnr=None):
+        """Report the step that reached `iteration`; `val_psnr` when it was validated."""
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
+        log_every = self.cfg.log.log_every
+        if val_psnr is not None or (log_every and iteration % log_every == 0):
+            self.scalars.log(iteration=iteration, loss=loss, lr=lr, val_psnr="" if val_psnr is None else val_psnr,
+                             seconds=round(time.time() - self.started, 3))
+        self._report_speed(iteration, loss, lr)
+
+    def _report_speed(self, iteration, loss, lr):
+        """The start-of-training estimate once `ESTIMATE_ITERATIONS` iterations are timed, then a
+        progress line with the ETA every `log.log_every` iterations."""
+        now = time.time()
+        if self.timed_from is None:  # the first iteration of this run is warm-up (allocations, autotuning)
+            self.timed_from = (iteration, now)
+            return
+        total, end = self.cfg.train.iterations, self.end
+        anchor_iteration, anchor_time = self.timed_from
+        done = iteration - anchor_iteration
+        per_iteration = (now - anchor_time) / done
+        if done == min(ESTIMATE_ITERATIONS, end - self.start - 1):
+            self.text(f"speed: {per_iteration:.3f} s/iteration over iterations {anchor_iteration + 1}-{iteration}; "
+                      f"estimated wall time of the whole schedule ({total} iterations): "
+                      f"{format_duration(per_iteration * total)}; remaining {end - iteration} iterations of this "
+                      f"run: {format_duration(per_iteration * (end - iteration))} (validation and checkpoints "
+                      "not included)")
+        if self.cfg.log.log_every and iteration % self.cfg.log.log_every == 0:
+            self.text(f"iteration {iteration}/{total} loss {loss:.4f} lr {lr:.2e} {per_iteration:.3f} s/it "
+                      f"elapsed {format_duration(now - self.started)} "
+                      f"ETA {format_duration(per_iteration * (end - iteration))}", echo=self.print_progress)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+        self.scalars.close()
 
 
-def _gather(obj, world):
-    if world == 1:
-        return [obj]
-    gathered = [None] * world
-    dist.all_gather_object(gathered, obj)
-    return gathered
+class Trainer:
+    """One training run of `train`, in its steps: `set_up`, `resume` (optional), `load_data`, `run`.
+
+    Every rank takes the steps (DDP keeps the replicas equal) and joins in `save`, which gathers
+    the RNG states; rank 0 alone validates, logs and writes files.
+    """
+
+    def __init__(self, cfg: Config, quiet: bool = False):
+        self.cfg, self.quiet = cfg, quiet
+        self.rank, self.world, local_rank = _distributed()
+        self.main = self.rank == 0
+        self.device = resolve_device(cfg.train.device, option="train.device", local_rank=local_rank)
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)  # NCCL collectives (all_gather_object) use the current device
+        self.out_dir = Path(cfg.log.out_dir)
+        self.iteration = 0
+        self.consumed = 0  # samples this rank has drawn from its SampleStream
+        self.best = {"psnr": None, "iteration": None, "benchmark": cfg.data.val_dir}
+        self.loss, self.val_psnr = float("nan"), None
+        self.report = None  # rank 0's _RunReport while `run` runs
+
+    @property
+    def inference_model(self):
+        """The weights validation, best.pt and model.pt take: the EMA ones when kept."""
+        return self.ema if self.ema is not None else self.model
+
+    def set_up(self, pretrained: bool = True):
+        """The model (with `train.pretrained` loaded when `pretrained`), its EMA copy, the Adam
+        optimizer, the multi-step schedule and the fp16 gradient scaler."""
+        t = self.cfg.train
+        torch.manual_seed(t.seed)
+        np.random.seed(t.seed % 2 ** 32)
+        random.seed(t.seed)
+        model = build_model(self.cfg.model)
+        if hasattr(model, "a"):  # unused in forward (published model); frozen so DDP needs no find_unused_parameters
+            model.a.requires_grad_(False)
+        if t.pretrained and pretrained:
+            ckpt.load_pretrained(model, t.pretrained, exclude=t.pretrained_exclude)
+        self.model = model.to(self.device)
+        self.ema = copy.deepcopy(model).eval().requires_grad_(False) if t.ema_decay > 0 else None
+        # Ranks draw their own hashing rotations: seed each rank differently after the shared init.
+        torch.manual_seed(t.seed + self.rank)
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.Adam(self.params, lr=t.lr, betas=tuple(t.betas), eps=t.eps,
+                                          weight_decay=t.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, milestones=t.milestones, gamma=t.gamma)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=t.amp == "fp16")
+        self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(t.amp)
+
+    def resume(self, checkpoint):
+        """Continue the run saved in `checkpoint` (a path, or "auto": the latest in `log.out_dir`):
+        weights, EMA, optimizer, schedule, scaler, position in the sample stream, best record and,
+        when as many processes wrote it, the RNG streams."""
+        path = _latest_checkpoint(self.out_dir) if checkpoint == "auto" else Path(checkpoint)
+        state = ckpt.read_checkpoint(path)
+        if not isinstance(state, dict) or state.get("format") != ckpt.TRAIN_FORMAT:
+            raise ckpt.CheckpointError(f"--resume {path}: not a dlsn training checkpoint (use train.pretrained "
+                                       "to start from published weights)")
+        load_state_dict_strict(self.model, state["model"])
+        if self.ema is not None:
+            if state.get("ema") is None:
+                raise ckpt.CheckpointError(f"--resume {path}: train.ema_decay > 0 but the checkpoint has no EMA")
+            load_state_dict_strict(self.ema, state["ema"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.iteration, self.consumed = state["iteration"], state["consumed"]
+        self.best = state.get("best", self.best)
+        rng = state["rng"]
+        if len(rng) == self.world:
+            ckpt.set_rng_state(rng[self.rank])
+        elif self.main:
+            print(f"warning: checkpoint written by {len(rng)} processes, resuming with {self.world}: "
+                  "RNG streams restart, the run is no longer bit-exact", file=sys.stderr)
+        if self.main and not self.quiet:
+            print(f"resumed from {path} at iteration {self.iteration}")
+
+    def load_data(self, pairs=None, val_pairs=None):
+        """The loader of training patches, continuing the sample stream where the run stands, and
+        the validation pairs. `pairs`, `val_pairs`: as `train` takes them."""
+        cfg = self.cfg
+        train_pairs = pairs if pairs is not None else _training_pairs(cfg)
+        self.val_pairs = val_pairs if val_pairs is not None else _validation_pairs(cfg)
+        patches = PatchPairs(train_pairs, cfg.model.scale, cfg.data.patch_size, cfg.data.augment, cfg.model.rgb_range)
+        stream = SampleStream(len(train_pairs), cfg.data.batch_size, seed=cfg.train.seed, rank=self.rank,
+                              world_size=self.world, consumed=self.consumed)
+        # A private generator: the DataLoader otherwise draws its worker seed from the global RNG.
+        self.loader = DataLoader(patches, batch_sampler=stream, num_workers=cfg.data.num_workers,
+                                 pin_memory=self.device.type == "cuda",
+                                 generator=torch.Generator().manual_seed(cfg.train.seed), persistent_workers=False)
+
+    def run(self, end: int, step_callback=None):
+        """Train up to iteration `end`: a `step` per iteration, with validation, logs and checkpoints
+        as `cfg.log` asks; Ctrl-C stops after the step under way with a checkpoint. Then save, and
+        write model.pt when the schedule is complete."""
+        self.net = self.model
+        if self.world > 1:
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            self.net = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=device_ids)
+        self.report = _RunReport(self.cfg, self.iteration, end, self.quiet) if self.main else None
+        try:
+            with _deferred_ctrl_c() as pressed:
+                self.net.train()
+                batches = iter(self.loader)
+                while self.iteration < end:
+                    self.step(*next(batches))
+                    self._after_step(end)
+                    if step_callback is not None:
+                        step_callback(self.iteration)
+                    if self._any_rank_interrupted(pressed):
+                        self._save_and_stop()
+                self.save()
+                if self.main and self.iteration == self.cfg.train.iterations:
+                    ckpt.save_weights(self.inference_model.state_dict(), config_to_dict(self.cfg)["model"],
+                                      self.out_dir / "model.pt")
+        finally:
+            if self.report is not None:
+                self.report.close()
+
+    def step(self, lr_batch, hr_batch):
+        """One optimisation step on a batch: forward (under `train.amp` autocast), L1 loss, backward,
+        gradient clipping, optimizer, schedule and EMA updates."""
+        t = self.cfg.train
+        lr_batch = lr_batch.to(self.device, non_blocking=True)
+        hr_batch = hr_batch.to(self.device, non_blocking=True)
+        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+            sr = self.net(lr_batch)
+        loss = F.l1_loss(sr.float(), hr_batch)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"iteration {self.iteration + 1}: loss is {loss.item()}; "
+                                     "lower train.lr, set train.grad_clip, or use train.amp=none/bf16")
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if t.grad_clip > 0:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.params, t.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        if self.ema is not None:
+            self._update_ema()
+        self.iteration += 1
+        self.consumed += self.cfg.data.batch_size
+        self.loss = loss.item()
+
+    @torch.no_grad()
+    def _update_ema(self):
+        for average, current in zip(self.ema.state_dict().values(), self.model.state_dict().values()):
+            if average.is_floating_point():
+                average.lerp_(current, 1.0 - self.cfg.train.ema_decay)
+
+    def _after_step(self, end):
+        """Validation, logs and the periodic checkpoint due at the iteration just reached."""
+        log, iteration = self.cfg.log, self.iteration
+        validating = bool(log.val_every and self.val_pairs is not None and iteration % log.val_every == 0)
+        if self.main:
+            if validating:
+                self.validate()
+            self.report.step_done(iteration, self.loss, self.scheduler.get_last_lr()[0],
+                                  self.val_psnr if validating else None)
+        if log.save_every and iteration % log.save_every == 0 and iteration < end:
+            self.save()
+
+    def validate(self):
+        """Validation PSNR of `inference_model` on the validation pairs (the module's `validate`);
+        a new best is written to best.pt (a weights file with its `best` record). Rank 0 only."""
+        cfg = self.cfg
+        self.val_psnr = validate(self.inference_model, self.val_pairs, cfg.model.scale, cfg.model.rgb_range,
+                                 self.device)
+        if self.best["psnr"] is None or self.val_psnr > self.best["psnr"]:
+            self.best.update(psnr=self.val_psnr, iteration=self.iteration)
+            weights = self.inference_model.state_dict()
+            ckpt.atomic_save({"params": {k: v.detach().cpu() for k, v in weights.items()},
+                              "config": {"model": config_to_dict(cfg)["model"]}, "best": dict(self.best)},
+                             self.out_dir / "best.pt")
+        self.report.text(f"iteration {self.iteration}: validation PSNR {self.val_psnr:.3f} dB "
+                         f"(best {self.best['psnr']:.3f} dB at iteration {self.best['iteration']})")
+
+    def save(self):
+        """Write the training checkpoint of this iteration and delete those before the last
+        `log.keep_last`. Every rank sends its RNG state; rank 0 writes and returns the path (others None)."""
+        rngs = _gather(ckpt.rng_state(), self.world)
+        if not self.main:
+            return None
+        checkpoints = self.out_dir / "checkpoints"
+        path = checkpoints / f"iter_{self.iteration:08d}.pt"
+        ckpt.save_training_checkpoint(
+            path, model=self.model.state_dict(), ema=self.ema.state_dict() if self.ema is not None else None,
+            optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
+            scaler=self.scaler.state_dict(), iteration=self.iteration, consumed=self.consumed,
+            config=config_to_dict(self.cfg), rng=rngs, world_size=self.world, best=dict(self.best))
+        keep = self.cfg.log.keep_last
+        for stale in sorted(checkpoints.glob("iter_*.pt"))[:-keep] if keep else []:
+            stale.unlink()
+        return path
+
+    def _any_rank_interrupted(self, pressed) -> bool:
+        stop = torch.tensor([float(bool(pressed))], device=self.device)
+        if self.world > 1:  # every rank stops at the same step, whichever got the signal
+            dist.all_reduce(stop)
+        return bool(stop.item())
+
+    def _save_and_stop(self):
+        path = self.save()
+        if self.main:
+            print(f"\ninterrupted: checkpoint {path} holds {self.iteration} iterations; "
+                  f"continue with --resume {path}", file=sys.stderr)
+        raise TrainingInterrupted(f"interrupted at iteration {self.iteration}")
+
+    def result(self) -> dict:
+        return {"iteration": self.iteration, "loss": self.loss, "val_psnr": self.val_psnr, "out_dir": self.out_dir,
+                "model": self.inference_model, "best": self.best}
 
 
 def train(cfg: Config, resume=None, pairs=None, val_pairs=None, stop_at=None, step_callback=None, quiet=False):
-    """Train per `cfg`; returns `{"iteration", "loss", "val_psnr", "out_dir", "model"}`.
+    """Train per `cfg`; returns `{"iteration", "loss", "val_psnr", "out_dir", "model", "best"}`.
 
     pairs: a dataset of full `(lr, hr)` pairs in [0, 1] (default: `data.train_dir`).
     val_pairs: pairs for validation (default: `data.val_dir` when set).
@@ -220,217 +497,30 @@ def train(cfg: Config, resume=None, pairs=None, val_pairs=None, stop_at=None, st
     stop_at: stop after this iteration (checkpointing it) although the schedule runs to
         `train.iterations`, e.g. to split a run in two.
     step_callback: called as `step_callback(iteration)` after each finished step (tests, hooks).
+    quiet: print nothing (train.log and log.csv are written all the same).
     """
-    rank, world, local_rank = _distributed()
-    device = resolve_device(cfg.train.device, option="train.device", local_rank=local_rank)
-    if device.type == "cuda":
-        torch.cuda.set_device(device)  # NCCL collectives (all_gather_object) use the current device
-    out_dir = Path(cfg.log.out_dir)
-    main = rank == 0
-    t = cfg.train
-
-    seed = t.seed
-    torch.manual_seed(seed)
-    np.random.seed(seed % 2 ** 32)
-    random.seed(seed)
-    model = build_model(cfg)
-    # Unused in forward (published model); frozen so DDP needs no find_unused_parameters.
-    if hasattr(model, "a"):
-        model.a.requires_grad_(False)
-    if t.pretrained and resume is None:
-        ckpt.load_pretrained(model, t.pretrained, exclude=t.pretrained_exclude)
-    model.to(device)
-    ema = copy.deepcopy(model).eval() if t.ema_decay > 0 else None
-    if ema is not None:
-        ema.requires_grad_(False)
-    # Ranks draw their own hashing rotations: seed each rank differently after the shared init.
-    torch.manual_seed(seed + rank)
-
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(params, lr=t.lr, betas=tuple(t.betas), eps=t.eps, weight_decay=t.weight_decay)
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=t.milestones, gamma=t.gamma)
-    scaler = torch.amp.GradScaler(device.type, enabled=t.amp == "fp16")
-    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(t.amp)
-
-    iteration, consumed = 0, 0
-    best = {"psnr": None, "iteration": None, "benchmark": cfg.data.val_dir}
+    trainer = Trainer(cfg, quiet=quiet)
+    trainer.set_up(pretrained=resume is None)
     if resume is not None:
-        path = _latest_checkpoint(out_dir) if resume == "auto" else Path(resume)
-        state = ckpt.read_checkpoint(path)
-        if not isinstance(state, dict) or state.get("format") != ckpt.TRAIN_FORMAT:
-            raise ckpt.CheckpointError(f"--resume {path}: not a dlsn training checkpoint (use train.pretrained "
-                                       "to start from published weights)")
-        ckpt.load_state_dict_strict(model, state["model"])
-        if ema is not None:
-            if state.get("ema") is None:
-                raise ckpt.CheckpointError(f"--resume {path}: train.ema_decay > 0 but the checkpoint has no EMA")
-            ckpt.load_state_dict_strict(ema, state["ema"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        iteration, consumed = state["iteration"], state["consumed"]
-        best = state.get("best", best)
-        rng = state["rng"]
-        if len(rng) == world:
-            ckpt.set_rng_state(rng[rank])
-        elif main:
-            print(f"warning: checkpoint written by {len(rng)} processes, resuming with {world}: "
-                  "RNG streams restart, the run is no longer bit-exact", file=sys.stderr)
-        if main and not quiet:
-            print(f"resumed from {path} at iteration {iteration}")
-
-    start = iteration
-    train_pairs = pairs if pairs is not None else _training_pairs(cfg)
-    if val_pairs is None and cfg.data.val_dir and cfg.log.val_every:
-        if not Path(cfg.data.val_dir).is_dir():
-            raise FileNotFoundError(f"data.val_dir: benchmark folder {cfg.data.val_dir!r} not found")
-        val_pairs = benchmark_pairs(cfg.data.val_dir, cfg.model.scale, cfg.data.val_max_images,
-                                    cfg.data.degradation, cfg.data.noise_level, seed=cfg.train.seed)
-    patches = PatchPairs(train_pairs, cfg.model.scale, cfg.data.patch_size, cfg.data.augment, cfg.model.rgb_range)
-    stream = SampleStream(len(train_pairs), cfg.data.batch_size, seed=seed, rank=rank, world_size=world,
-                          consumed=consumed)
-    # A private generator: the DataLoader otherwise draws its worker seed from the global RNG.
-    loader = DataLoader(patches, batch_sampler=stream, num_workers=cfg.data.num_workers,
-                        pin_memory=device.type == "cuda", generator=torch.Generator().manual_seed(seed),
-                        persistent_workers=False)
-
-    net = model
-    if world > 1:
-        net = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
-
-    logger = _Logger(out_dir, cfg.log.tensorboard) if main else None
-    end = min(t.iterations, stop_at) if stop_at is not None else t.iterations
-
-    def save(at):
-        rngs = _gather(ckpt.rng_state(), world)
-        if not main:
-            return None
-        path = out_dir / "checkpoints" / f"iter_{at:08d}.pt"
-        ckpt.save_training_checkpoint(
-            path, model=model.state_dict(), ema=ema.state_dict() if ema is not None else None,
-            optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), scaler=scaler.state_dict(),
-            iteration=at, consumed=stream_position(at), config=config_to_dict(cfg), rng=rngs, world_size=world,
-            best=dict(best))
-        old = sorted((out_dir / "checkpoints").glob("iter_*.pt"))[:-cfg.log.keep_last] if cfg.log.keep_last else []
-        for stale in old:
-            stale.unlink()
-        return path
-
-    def save_best(at, psnr):
-        best.update(psnr=psnr, iteration=at)
-        weights = (ema if ema is not None else model).state_dict()
-        ckpt.atomic_save({"params": {k: v.detach().cpu() for k, v in weights.items()},
-                          "config": {"model": config_to_dict(cfg)["model"]}, "best": dict(best)},
-                         out_dir / "best.pt")
-
-    def stream_position(at):
-        return consumed + (at - start) * cfg.data.batch_size
-
-    interrupted = []
-    previous_handler = None
-    if _in_main_thread():
-        previous_handler = signal.signal(signal.SIGINT, lambda *_: interrupted.append(True))
-
-    loss_value, val_psnr = float("nan"), None
-    progress = None
-    if main and cfg.log.progress and not quiet:
-        from tqdm import tqdm
-        progress = tqdm(total=end, initial=start, desc="train", dynamic_ncols=True, unit="it")
-    text_log = _TextLog(out_dir, echo=not quiet, writer=progress.write if progress is not None else print) if main else None
-    timed_from = None  # (iteration, time) after the warm-up iteration
-    started = time.time()
-    net.train()
-    batches = iter(loader)
-    try:
-        while iteration < end:
-            lr_batch, hr_batch = next(batches)
-            lr_batch = lr_batch.to(device, non_blocking=True)
-            hr_batch = hr_batch.to(device, non_blocking=True)
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                sr = net(lr_batch)
-            loss = F.l1_loss(sr.float(), hr_batch)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"iteration {iteration + 1}: loss is {loss.item()}; "
-                                         "lower train.lr, set train.grad_clip, or use train.amp=none/bf16")
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if t.grad_clip > 0:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(params, t.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            if ema is not None:
-                with torch.no_grad():
-                    for e, p in zip(ema.state_dict().values(), model.state_dict().values()):
-                        if e.is_floating_point():
-                            e.lerp_(p, 1.0 - t.ema_decay)
-            iteration += 1
-            loss_value = loss.item()
-            if progress is not None:
-                progress.update(1)
-                progress.set_postfix(loss=f"{loss_value:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
-            val_now = cfg.log.val_every and val_pairs is not None and iteration % cfg.log.val_every == 0
-            if val_now and main:
-                val_psnr = validate(ema if ema is not None else model, val_pairs, cfg.model.scale,
-                                    cfg.model.rgb_range, device)
-                improved = best["psnr"] is None or val_psnr > best["psnr"]
-                if improved:
-                    save_best(iteration, val_psnr)
-                text_log(f"iteration {iteration}: validation PSNR {val_psnr:.3f} dB "
-                         f"(best {best['psnr']:.3f} dB at iteration {best['iteration']})")
-            if main and (val_now or (cfg.log.log_every and iteration % cfg.log.log_every == 0)):
-                logger.log(iteration=iteration, loss=loss_value, lr=scheduler.get_last_lr()[0],
-                           val_psnr=val_psnr if val_now else "", seconds=round(time.time() - started, 3))
-            if main:
-                timed_from = _report_speed(text_log, cfg, iteration, start, end, timed_from, loss_value,
-                                           scheduler.get_last_lr()[0], started, show=progress is None and not quiet)
-            if cfg.log.save_every and iteration % cfg.log.save_every == 0 and iteration < end:
-                save(iteration)
-            if step_callback is not None:
-                step_callback(iteration)
-            stop = torch.tensor([float(bool(interrupted))], device=device)
-            if world > 1:  # every rank stops at the same step, whichever got the signal
-                dist.all_reduce(stop)
-            if stop.item():
-                path = save(iteration)
-                if main:
-                    print(f"\ninterrupted: checkpoint {path} holds {iteration} iterations; "
-                          f"continue with --resume {path}", file=sys.stderr)
-                raise TrainingInterrupted(f"interrupted at iteration {iteration}")
-        save(iteration)
-        if main and iteration == t.iterations:
-            final = (ema if ema is not None else model).state_dict()
-            ckpt.save_weights(final, config_to_dict(cfg)["model"], out_dir / "model.pt")
-    finally:
-        if previous_handler is not None:
-            signal.signal(signal.SIGINT, previous_handler)
-        if progress is not None:
-            progress.close()
-        if logger is not None:
-            logger.close()
-    return {"iteration": iteration, "loss": loss_value, "val_psnr": val_psnr, "out_dir": out_dir,
-            "model": ema if ema is not None else model, "best": best}
+        trainer.resume(resume)
+    trainer.load_data(pairs, val_pairs)
+    trainer.run(cfg.train.iterations if stop_at is None else min(cfg.train.iterations, stop_at), step_callback)
+    return trainer.result()
 
 
-def _report_speed(text_log, cfg, iteration, start, end, timed_from, loss, lr, started, show):
-    """Start-of-training estimate once `ESTIMATE_ITERATIONS` iterations are timed, then a progress
-    line with the ETA every `log.log_every` iterations. Returns the timing anchor."""
-    now = time.time()
-    total = cfg.train.iterations
-    if timed_from is None:  # the first iteration of this run is warm-up (allocations, autotuning)
-        return (iteration, now)
-    anchor_iteration, anchor_time = timed_from
-    done = iteration - anchor_iteration
-    per_iteration = (now - anchor_time) / done
-    if done == min(ESTIMATE_ITERATIONS, end - start - 1):
-        text_log(f"speed: {per_iteration:.3f} s/iteration over iterations {anchor_iteration + 1}-{iteration}; "
-                 f"estimated wall time of the whole schedule ({total} iterations): "
-                 f"{format_duration(per_iteration * total)}; remaining {end - iteration} iterations of this run: "
-                 f"{format_duration(per_iteration * (end - iteration))} (validation and checkpoints not included)")
-    if cfg.log.log_every and iteration % cfg.log.log_every == 0:
-        line = (f"iteration {iteration}/{total} loss {loss:.4f} lr {lr:.2e} {per_iteration:.3f} s/it "
-                f"elapsed {format_duration(now - started)} ETA {format_duration(per_iteration * (end - iteration))}")
-        text_log(line, echo=show)
-    return timed_from
+def add_arguments(parser):
+    """Arguments of ``dlsn train``."""
+    parser.add_argument("--config", required=True,
+                        help="YAML config file, or the name of a packaged one: dlsn_x2, dlsn_x3, dlsn_x4, demo")
+    parser.add_argument("--resume", default=None, metavar="CKPT",
+                        help="continue from a training checkpoint, or 'auto' for the latest in log.out_dir")
+    parser.add_argument("overrides", nargs="*", metavar="section.key=value",
+                        help="config overrides, e.g. train.lr=2e-4 data.train_dir=/data/DIV2K")
+
+
+def run(args) -> int:
+    """``dlsn train``: trains per the config; returns the exit status."""
+    cfg = load_config(args.config, args.overrides)
+    result = train(cfg, resume=args.resume)
+    print(f"finished at iteration {result['iteration']}; outputs in {result['out_dir']}")
+    return 0

@@ -1,5 +1,6 @@
-"""Helpers the training loop and the inference commands share: device choice, atomic file writes
-and one-line descriptions of file-system errors."""
+"""Helpers the training loop and the inference commands share: device choice, atomic file writes,
+one-line descriptions of file-system errors, and the exception by which an interrupted training
+run reaches the command line."""
 from __future__ import annotations
 
 import errno
@@ -10,7 +11,11 @@ from typing import BinaryIO, Callable
 
 import torch
 
-__all__ = ["resolve_device", "atomic_write", "WriteError", "os_error_reason", "make_parent"]
+__all__ = ["resolve_device", "atomic_write", "WriteError", "os_error_reason", "make_parent", "TrainingInterrupted"]
+
+
+class TrainingInterrupted(RuntimeError):
+    """Raised by `dlsn.sr.train.train` after Ctrl-C, once the checkpoint holding the finished steps is written."""
 
 
 def resolve_device(name, option: str = "--device", local_rank: int = 0) -> torch.device:
