@@ -34,6 +34,8 @@ from typing import Optional
 
 import torch
 
+from ..models import DLSN
+
 __all__ = ["forward_bytes", "available_memory", "parse_size", "format_size", "plan_tiles", "TilePlan",
            "MIN_TILE", "MEMORY_MARGIN"]
 
@@ -47,8 +49,6 @@ def _element_size(dtype) -> int:
 
 
 def _dlsn_shape(model):
-    from ..models.dlsn import DLSN
-
     if not isinstance(model, DLSN):
         return None
     gla = model.gla_layers()[0] if model.gla_layers() else None
