@@ -124,8 +124,10 @@ def test_device_mismatch_raises(no_launch):
 
 def finite_argmax(q, rotations):
     """The hash's contract for non-finite input: non-finite projections never win, ties -> lowest
-    bucket, a row with no finite projection -> bucket 0."""
-    projected = torch.einsum("nlc,hcb->nhlb", q.float(), rotations.float())
+    bucket, a row with no finite projection -> bucket 0. Projections: float64 sums of the exact
+    products rounded once to float32 (inf where float32 overflows), so the order a BLAS kernel sums
+    in does not show (a float32 einsum's rounding would)."""
+    projected = torch.einsum("nlc,hcb->nhlb", q.double(), rotations.double()).float()
     projected = torch.where(projected.isfinite(), projected, float("-inf"))
     best = projected.amax(dim=-1, keepdim=True)
     index = torch.arange(projected.shape[-1], device=q.device).expand_as(projected)
