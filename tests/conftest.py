@@ -34,6 +34,15 @@ def unit_roundoff(dtype):
     return torch.finfo(dtype).eps / 2
 
 
+def low_precision_allowance(baseline_error, dtype, factor=2.0, scale=1.0):
+    """What a 16-bit result may be off by: `factor` x the error of the same computation in plain
+    PyTorch in that dtype (the baseline, flash-attention's yardstick), and never less than
+    u(dtype) x scale: rounding the result to dtype alone may cost that much, so a baseline whose
+    float32 accumulations happened to round well (their order depends on the BLAS kernel) cannot
+    fail a correct kernel."""
+    return max(factor * baseline_error, unit_roundoff(dtype) * scale)
+
+
 def exact_score_inputs(n, length, c, C, chunk_size, generator, offset=2.0 ** 17):
     """float64 q, v, learned whose scores float32 holds exactly, whatever order a dot sums in: each q
     row has one nonzero entry a in {64, 128, 256}, so ||q|| = a and key = e_d exactly (powers of two:

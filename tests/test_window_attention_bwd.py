@@ -5,7 +5,7 @@ The backward takes the round merge's statistics lse_max / lse_sum (interface 2);
 them from the scores as the merge does (per position: max over rounds of the round's row max, and
 the sum of exp(score - lse_max) over every round's window).
 float32: relative error <= 1e-4. bfloat16/float16: error against float64 no worse than twice that
-of the reference autograd run in the same dtype; nearly one-hot softmaxes with
+of the reference autograd run in the same dtype (never below u); nearly one-hot softmaxes with
 scores near 2^17 held exactly by float32: within the rounding bound derived from u = 2^-24, which
 an LSE rounded to float32 misses. Also: every shape class, gradcheck in float64 (the kernels
 accumulate in float64 for float64 inputs), determinism under a reversed program and launch order,
@@ -13,7 +13,7 @@ the config lists, the precision plumbing and the FLOPs model.
 """
 import pytest
 import torch
-from conftest import DEVICE, exact_score_inputs, float32_gla_bounds, rel_error
+from conftest import DEVICE, exact_score_inputs, float32_gla_bounds, low_precision_allowance, rel_error
 
 from dlsn import reference
 from dlsn.kernels import window_attention_bwd as bwd
@@ -118,7 +118,8 @@ def test_half_precision_no_worse_than_reference(dtype, n, h, length, c, C, chunk
     actual = triton_grads(q, v, learned, g, perm, inv, out, chunk_size, dtype)
     for name, a, r, e in zip(("dq", "dv", "dlearned"), actual, same_dtype, exact):
         assert a.dtype == dtype, name
-        assert rel_error(a, e) <= 2 * rel_error(r, e), (name, rel_error(a, e), rel_error(r, e))
+        bound = low_precision_allowance(rel_error(r, e), dtype)
+        assert rel_error(a, e) <= bound, (name, rel_error(a, e), bound)
 
 
 def forward_merge_stats(q, v, learned, perm, inv, chunk_size):
