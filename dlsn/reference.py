@@ -10,6 +10,8 @@ Shapes (see docs/internals.md): `q` [N, L, c], `v` [N, L, C], `learned` [N, L, l
 score term), rotations [h, c, b], `perm` [N, h, Lp] and `inv` [N, h, L] as int64 here (the kernels
 produce int32).
 """
+import contextlib
+
 import torch
 
 from .hashing import n_buckets, sblsh_rotations  # noqa: F401  (the reference's own stage 0)
@@ -28,7 +30,8 @@ def hash_codes(q, rotations):
     # multiplies and adds, channel by channel, so identical columns give identical projections and
     # exact ties really go to the lowest column; a matmul rounds a column according to its place
     # (and to the BLAS kernel the machine picks).
-    with torch.autocast(q.device.type, enabled=False):
+    device = q.device.type
+    with torch.autocast(device, enabled=False) if torch.amp.is_autocast_available(device) else contextlib.nullcontext():
         q_channels = q.detach().float().permute(2, 0, 1).contiguous()  # [c, N, L]
         columns = rotations.detach().float().permute(1, 0, 2).reshape(channels, n_hashes * n_buckets_)
         projected = q_channels[0, ..., None] * columns[0]
