@@ -3,7 +3,7 @@ import copy
 
 import pytest
 import torch
-from conftest import DEVICE, max_error
+from conftest import DEVICE, low_precision_allowance, max_error
 
 import dlsn
 from dlsn.ops import reference
@@ -54,7 +54,8 @@ def test_core_half_precision_no_worse_than_reference(n, C, height, width, chunk_
     # The float64 run hashes the same (rounded) q in float32, so both see the same buckets.
     exact = reference.gla_core(q.double(), v.double(), learned.double(), rotations, chunk_size, x.double(), 1.0)
     same_dtype = reference.gla_core(q, v, learned, rotations, chunk_size, x, 1.0)
-    assert max_error(y, exact) <= 2 * max_error(same_dtype, exact)
+    bound = low_precision_allowance(max_error(same_dtype, exact), dtype, scale=exact.abs().max().item())
+    assert max_error(y, exact) <= bound
 
 
 @pytest.mark.parametrize("C, height, width, chunk_size, h", [(16, 5, 7, 16, 3), (48, 3, 4, 32, 2)])
@@ -112,4 +113,6 @@ def test_one_branch_serves_inference_under_autocast():
             module.backend = "reference"
             same_autocast = module(x)
     assert y.dtype == torch.float32
-    assert max_error(y, expected) <= 2 * max_error(same_autocast, expected)
+    bound = low_precision_allowance(max_error(same_autocast, expected), torch.bfloat16,
+                                    scale=expected.abs().max().item())
+    assert max_error(y, expected) <= bound

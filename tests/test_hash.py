@@ -51,6 +51,30 @@ def test_ties_take_lowest_bucket_across_tiles():
     assert torch.equal(codes.long(), reference.hash_codes(q, rotations))
 
 
+def test_duplicated_column_never_wins():
+    """Column 2 repeats column 0: every position whose maximum is on that column ties exactly and
+    must take column 0, so the codes are those of the first two columns alone. (A float32 einsum
+    rounded the copies differently: here it sent 3 of these 300 codes to column 2.)"""
+    q = make_queries(1, 100, 16, torch.float32, seed=20)
+    rotations = make_rotations(16, 3, 3, seed=21)
+    rotations[:, :, 2] = rotations[:, :, 0]
+    expected = reference.hash_codes(q, rotations[:, :, :2].contiguous())
+    assert torch.equal(reference.hash_codes(q, rotations), expected)
+    assert torch.equal(fused.triton_hash(q, rotations).long(), expected)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_autocast_does_not_lower_the_projection(dtype):
+    """Both hashes project float32 q in float32 under autocast too (an einsum under CPU autocast
+    ran in dtype: here it moved 93 (bfloat16) and 9 (float16) of these 12,000 codes)."""
+    q = make_queries(2, 2000, 16, torch.float32, seed=22)
+    rotations = make_rotations(16, 40, 3, seed=23)  # two bucket tiles in the kernel
+    expected = reference.hash_codes(q, rotations)
+    with torch.autocast(DEVICE.type, dtype=dtype):
+        assert torch.equal(reference.hash_codes(q, rotations), expected)
+        assert torch.equal(fused.triton_hash(q, rotations).long(), expected)
+
+
 def test_all_positions_one_bucket():
     q = make_queries(1, 20, 12, torch.float32, seed=3)
     q[:] = q[:, :1]
@@ -101,8 +125,10 @@ def test_device_mismatch_raises(no_launch):
 
 def finite_argmax(q, rotations):
     """The hash's contract for non-finite input: non-finite projections never win, ties -> lowest
-    bucket, a row with no finite projection -> bucket 0."""
-    projected = torch.einsum("nlc,hcb->nhlb", q.float(), rotations.float())
+    bucket, a row with no finite projection -> bucket 0. Projections: float64 sums of the exact
+    products rounded once to float32 (inf where float32 overflows), so the order a BLAS kernel sums
+    in does not show (a float32 einsum's rounding would)."""
+    projected = torch.einsum("nlc,hcb->nhlb", q.double(), rotations.double()).float()
     projected = torch.where(projected.isfinite(), projected, float("-inf"))
     best = projected.amax(dim=-1, keepdim=True)
     index = torch.arange(projected.shape[-1], device=q.device).expand_as(projected)

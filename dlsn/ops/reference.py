@@ -11,6 +11,8 @@ Shapes (see docs/internals.md): `q` [N, L, c], `v` [N, L, C], `learned` [N, L, l
 score term), rotations [h, c, b], `perm` [N, h, Lp] and `inv` [N, h, L] as int64 here (the kernels
 produce int32).
 """
+import contextlib
+
 import torch
 
 from ..kernels.constants import KEY_NORM_EPS
@@ -22,11 +24,25 @@ def hash_codes(q, rotations):
     A non-finite projection (NaN, +-inf) is never the maximum; a row whose projections are all
     non-finite gets code 0, so every code lies in [0, b) whatever the input.
     """
-    projected = torch.einsum("nlc,hcb->nhlb", q.float(), rotations.float())
+    n, length, channels = q.shape
+    n_hashes, _, n_buckets_ = rotations.shape
+    # float32 whatever the autocast state. Every column is projected by the same chain of float32
+    # multiplies and adds, channel by channel, so identical columns give identical projections and
+    # exact ties really go to the lowest column; a matmul rounds a column according to its place
+    # (and to the BLAS kernel the machine picks).
+    device = q.device.type
+    with torch.autocast(device, enabled=False) if torch.amp.is_autocast_available(device) else contextlib.nullcontext():
+        q_channels = q.detach().float().permute(2, 0, 1).contiguous()  # [c, N, L]
+        columns = rotations.detach().float().permute(1, 0, 2).reshape(channels, n_hashes * n_buckets_)
+        projected = q_channels[0, ..., None] * columns[0]
+        product = torch.empty_like(projected)
+        for d in range(1, channels):
+            torch.mul(q_channels[d, ..., None], columns[d], out=product)
+            projected += product
+    projected = projected.view(n, length, n_hashes, n_buckets_).permute(0, 2, 1, 3)
     projected = torch.where(projected.isfinite(), projected, float("-inf"))
     # torch.argmax does not promise the first maximal index on every device; take it explicitly.
     best = projected.amax(dim=-1, keepdim=True)
-    n_buckets_ = projected.shape[-1]
     index = torch.arange(n_buckets_, device=q.device).expand_as(projected)
     return torch.where(projected == best, index, n_buckets_).amin(dim=-1)
 
