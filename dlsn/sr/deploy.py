@@ -40,8 +40,9 @@ from torch import nn
 from ..nn import export_mode
 from .utils import atomic_write, make_parent
 
-__all__ = ["FORMATS", "MIN_OPSET", "DEFAULT_OPSET", "ONNX_FORMAT", "OnnxModel", "export_program", "save_pt2",
-           "save_aoti", "save_onnx", "load_onnx", "check_output_path", "compile_for_inference"]
+__all__ = ["FORMATS", "MIN_OPSET", "MIN_SIZE", "DEFAULT_OPSET", "ONNX_FORMAT", "OnnxModel", "export_program",
+           "save_pt2", "save_aoti", "save_onnx", "load_onnx", "load_inference_model", "check_output_path",
+           "compile_for_inference"]
 
 FORMATS = ("safetensors", "pt2", "aoti", "onnx")
 # The dynamo exporter's translations start at opset 18.
@@ -184,9 +185,16 @@ class OnnxModel:
     def __call__(self, x):
         if x.dtype != torch.float32:
             raise ValueError(f"{self.path}: ONNX models take float32 input, got {x.dtype}")
-        array = x.detach().cpu().contiguous().numpy()
-        out = self.session.run(None, {self.input_name: array})[0]
-        return torch.from_numpy(np.ascontiguousarray(out)).to(x.device)
+        if x.dim() != 4 or x.shape[1] != self.n_colors or min(x.shape[2:]) < MIN_SIZE:
+            raise ValueError(f"{self.path}: expects [N, {self.n_colors}, H, W] with H, W >= {MIN_SIZE}, "
+                             f"got {tuple(x.shape)}")
+        images = x.detach().cpu().contiguous().numpy()
+        # The graph takes one image at a time.
+        outs = [self.session.run(None, {self.input_name: images[i:i + 1]})[0] for i in range(len(images))]
+        return torch.from_numpy(np.concatenate(outs)).to(x.device)
+
+    def half(self):
+        raise ValueError(f"--half: {self.path} is an ONNX model, which runs in float32")
 
 
 def load_onnx(path, scale=None) -> OnnxModel:
@@ -211,6 +219,19 @@ def load_onnx(path, scale=None) -> OnnxModel:
     if scale is not None and scale != model.scale:
         raise ValueError(f"{path}: --scale {scale} requested but the ONNX model is x{model.scale}")
     return model
+
+
+def load_inference_model(path, scale, device, n_hashes=None, compile=False):
+    """`load_onnx` for `dlsn upscale|eval --checkpoint model.onnx`: the options an ONNX model cannot
+    honour (its hash rounds and precision are fixed in the graph, it is not PyTorch code to compile)
+    are one-line errors."""
+    for given, option, why in ((n_hashes is not None, "--n-hashes", "its hash rounds are fixed in the graph"),
+                               (compile, "--compile", "onnxruntime runs it, not torch.compile")):
+        if given:
+            raise ValueError(f"{option} does not apply to an ONNX model ({path}): {why}")
+    if torch.device(device).type != "cpu":
+        _status(f"note: {path} runs on the CPU (onnxruntime's CPU provider); the result is moved to {device}")
+    return load_onnx(path, scale)
 
 
 def compile_for_inference(model):
