@@ -129,3 +129,19 @@ def test_compiled_fused_gla_follows_the_matmul_precision_of_each_call(monkeypatc
     finally:
         torch.set_float32_matmul_precision(previous)
     assert seen == ["ieee", "tf32"]
+
+
+def test_train_compile_compiles_the_model_in_place(tmp_path):
+    """`train.compile: true`: the training model is compiled in place (same state-dict keys, so
+    checkpoints keep their format), the EMA copy is not."""
+    from dlsn.sr.config import config_from_dict
+    from dlsn.sr.train import Trainer
+
+    cfg = config_from_dict({"model": dict(n_resgroups=1, n_resblocks=1, n_feats=16, chunk_size=16, n_hashes=2),
+                            "train": dict(compile=True, ema_decay=0.9, device="cpu"),
+                            "log": dict(out_dir=str(tmp_path), progress=False)})
+    trainer = Trainer(cfg, quiet=True)
+    trainer.set_up(pretrained=False)
+    assert trainer.model._compiled_call_impl is not None and trainer.ema._compiled_call_impl is None
+    assert list(trainer.model.state_dict()) == list(trainer.ema.state_dict())
+    assert not any(key.startswith("_orig_mod") for key in trainer.model.state_dict())
