@@ -3,6 +3,7 @@
 PyTorch eager for the demo model (its `dlsn export --format onnx` graph).
 
     python bench/bench_compile.py [--size 128] [--reps 3] [--out FILE.md]
+    python bench/bench_compile.py --models demo --no-compile     # the onnxruntime row alone
     python bench/bench_compile.py --smoke            # tiny model and image: keeps the script alive in CI
 
 Seeded random weights of each size (the timing does not depend on the values), reference GLA
@@ -82,6 +83,7 @@ def main(argv=None):
     parser.add_argument("--reps", type=int, default=3, help="timed calls per figure (median)")
     parser.add_argument("--models", default="demo,published", help="comma-separated: demo, published")
     parser.add_argument("--no-onnx", action="store_true", help="skip the onnxruntime row")
+    parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile rows")
     parser.add_argument("--out", default=None, help="also write the markdown here")
     args = parser.parse_args(argv)
     names, size, reps = (["smoke"], 12, 1) if args.smoke else (args.models.split(","), args.size, args.reps)
@@ -90,7 +92,7 @@ def main(argv=None):
              f"{os.getloadavg()[0]:.1f} at start", "",
              "| model | input | eager s | compiled s | speed-up | compile s | max abs diff |",
              "|---|---|---|---|---|---|---|"]
-    for name in names:
+    for name in [] if args.no_compile else names:
         lines.append(compile_row(name, size, reps))
         print(lines[-1], flush=True)
     if not args.no_onnx:
