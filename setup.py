@@ -63,6 +63,10 @@ setup(
     extras_require={
         "test": ["pytest"],
         "demo": ["scikit-image"],
+        # ONNX export (torch's dynamo exporter) and onnxruntime; none of them pulls torch.
+        "deploy": ["onnx>=1.17", "onnxruntime>=1.20", "onnxscript>=0.3"],
+        # spandrel needs torchvision, whose wheel must match the installed torch (see README).
+        "spandrel": ["spandrel>=0.4"],
     },
     entry_points={"console_scripts": ["dlsn = dlsn.sr.cli:main"]},
     ext_modules=_extensions(),

@@ -6,7 +6,7 @@
 #   pytest.xml           junit report of the native kernel tests
 #   results.tar.gz       bench/results/<run-id>/ (CSV + markdown per script, summary.md, scaling PNG)
 #   summary.md           copy of the run's summary (targets, ratios, rows not measured)
-# Wall time stays under ~9.5 minutes (step limits 110 + 100 + 20 + 150 + 40 + 60 + 70 + 30 s); a step that
+# Wall time stays under ~9.5 minutes (step limits 110 + 80 + 90 + 20 + 100 + 40 + 50 + 60 + 30 s); a step that
 # times out or fails does not stop the following ones, and the benchmarks write their CSVs row by row. Pass the commit as DLSN_GIT_SHA (the device copy has no .git):
 #   DLSN_GIT_SHA=<sha> bash bench/gpu_run.sh
 # Dry run of the script's logic on a CPU machine (no build, tiny shapes, interpreter):
@@ -50,12 +50,16 @@ for t in tests/test_hash.py tests/test_bucket_sort.py tests/test_window_attentio
 done
 PER_TEST=""
 $PY -c "import pytest_timeout" 2>/dev/null && PER_TEST="--timeout=60"
-step tests 100 $PY -m pytest -q -p no:cacheprovider $PER_TEST --junitxml="$OUT/pytest.xml" $TESTS
+step tests 80 $PY -m pytest -q -p no:cacheprovider $PER_TEST --junitxml="$OUT/pytest.xml" $TESTS
+
+# torch.compile(fullgraph=True) with Inductor on the GPU, both backends, eval and training, against the
+# float64 oracle (tests/test_compile.py; the CPU runs the fused backend with aot_eager only).
+step compile 90 $PY -m pytest -q -p no:cacheprovider $PER_TEST tests/test_compile.py -k inductor
 
 # Benchmarks at full shapes, one run id, each script under its own timeout.
 # Error of each float32 precision mode against float64, measured on the kernels (the CPU can only emulate it).
 step precision 20 sh -c "$PY bench/precision_modes.py --device cuda | tee $RESULTS/precision_modes.md"
-for spec in gla:150 stages:40 scaling:60 dlsn:70; do
+for spec in gla:100 stages:40 scaling:50 dlsn:60; do
     name=${spec%%:*}
     step "bench_$name" "${spec##*:}" $PY bench/run_all.py --only "$name" --run-id "$RUN_ID" --out "$RESULTS" ${BENCH_ARGS:-}
 done

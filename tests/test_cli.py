@@ -35,7 +35,7 @@ def test_no_command_and_unknown_command(capsys):
     (["train", "--config", "dlsn_x2", "train.device=cpu"], "data.train_dir is not set"),
     (["train", "--config", "demo", "data.train_dir=/nonexistent/DIV2K", "train.device=cpu"], "/nonexistent/DIV2K"),
     (["export", "--checkpoint", "missing.pth", "-o", "x.safetensors"], "checkpoint 'missing.pth' not found"),
-    (["export", "--checkpoint", "x.pth", "-o", "x.bin"], "must end in .safetensors"),
+    (["export", "--checkpoint", "x.pth", "-o", "x.bin"], "cannot tell the format from the suffix '.bin'"),
     (["demo", "--iters", "0"], "--iters must be positive"),
     (["demo", "--data", "/nonexistent/Set5"], "/nonexistent/Set5"),
     (["demo", "model.scale=3"], "the demo is x2"),

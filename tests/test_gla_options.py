@@ -67,7 +67,7 @@ def test_bad_precision_is_a_clear_error(no_launch):
         dlsn.GLA(8, chunk_size=16, fp32_precision="fp16")
     gla = tiny_gla()
     q, v, learned = (torch.zeros(1, 9, n, device=DEVICE) for n in (2, 8, 16))
-    with pytest.raises(ValueError, match=r"precision must be one of \('ieee', 'tf32', 'tf32x3'\), got 'tf16'"):
+    with pytest.raises(ValueError, match=r"precision must be one of \(None, 'ieee', 'tf32', 'tf32x3'\), got 'tf16'"):
         fused.gla_attention(q, v, learned, gla.rotations_for(9, DEVICE), 16, torch.zeros(1, 8, 3, 3, device=DEVICE),
                             1.0, precision="tf16")
 

@@ -1,9 +1,12 @@
 """The Global Learnable Attention module (docs/gla.md says what it computes)."""
+import contextlib
+
 import torch
 from torch import nn
 
 from .. import ops
 from ..ops import checks
+from ..ops.rotations import eval_rotation_table, eval_rotations, select_rotations
 from .hashing import n_buckets, sblsh_rotations
 
 SIMILARITIES = ("both", "dot", "learned")
@@ -46,6 +49,11 @@ class GLA(nn.Module):
 
     `n_hashes` is a plain attribute: setting it changes the rounds of later calls without touching
     the weights; eval-mode rotations are drawn (and cached) per round count from `eval_seed`.
+
+    `torch.compile(gla, fullgraph=True)` works on both backends, in eval and training mode: eval
+    rotations come from the op `dlsn::eval_rotations` (opaque to the compiler), the fused stages are
+    custom ops, and the float32 dot mode is read when the op runs. For `torch.export` and ONNX see
+    `export_mode`.
     """
 
     def __init__(self, channels, reduction=4, chunk_size=128, n_hashes=3, max_buckets=128,
@@ -81,7 +89,10 @@ class GLA(nn.Module):
             self.fc = nn.Sequential(
                 nn.Linear(channels, chunk_size), nn.ReLU(inplace=True), nn.Linear(chunk_size, chunk_size)
             )
-        self._eval_rotations = {}
+        # Set by `export_mode` only: the packed eval rotations of every bucket count, and whether
+        # the reference sorts with standard ops.
+        self.rotation_table = None
+        self.counting_sort = False
 
     def extra_repr(self):
         return (f"channels={self.channels}, reduction={self.reduction}, chunk_size={self.chunk_size}, "
@@ -94,18 +105,20 @@ class GLA(nn.Module):
         return n_buckets(length, self.chunk_size, self.max_buckets)
 
     def rotations_for(self, length, device):
-        """The rotations this module uses for `length = H*W` positions in its current mode."""
+        """The rotations this module uses for `length = H*W` positions in its current mode.
+
+        Eval mode: the op `dlsn::eval_rotations` (drawn once per bucket count from a CPU generator
+        seeded with `eval_seed`, cached), or within `export_mode` the same numbers taken out of the
+        layer's constant table, NaN-padded to `max_buckets` columns (`select_rotations`: the same
+        codes), so a symbolic `length` works.
+        """
         buckets = self.n_buckets(length)
         match_channels = self.channels // self.reduction
         if self.training:
             return sblsh_rotations(match_channels, buckets, self.n_hashes, device=device)
-        key = (buckets, str(device), self.n_hashes)
-        if key not in self._eval_rotations:
-            generator = torch.Generator().manual_seed(self.eval_seed)
-            self._eval_rotations[key] = sblsh_rotations(
-                match_channels, buckets, self.n_hashes, generator=generator, device=device
-            )
-        return self._eval_rotations[key]
+        if self.rotation_table is not None:
+            return select_rotations(self.rotation_table, buckets, self.max_buckets)
+        return eval_rotations(match_channels, buckets, self.n_hashes, self.eval_seed, torch.device(device))
 
     def kernel_precision(self):
         """The float32 dot mode the fused kernels get now: "ieee", "tf32" or "tf32x3"."""
@@ -184,7 +197,8 @@ class GLA(nn.Module):
             rotations = self.rotations_for(x.shape[2] * x.shape[3], x.device)
         q, v, learned = self.embed(x)
         return ops.gla_attention(self.attention_queries(q), v, learned, rotations, self.chunk_size, x,
-                                 self.res_scale, backend=self.backend, precision=self.fp32_precision, hash_q=q)
+                                 self.res_scale, backend=self.backend, precision=self.fp32_precision, hash_q=q,
+                                 counting_sort=self.counting_sort)
 
     def attention_queries(self, q):
         """The queries the attention scores use, given those the positions are hashed by.
@@ -199,3 +213,43 @@ class GLA(nn.Module):
 def gla_layers(model):
     """The GLA layers of `model` in module order."""
     return [module for module in model.modules() if isinstance(module, GLA)]
+
+
+def export_problem(layer, device):
+    """Why `layer` (a GLA) cannot be exported for `device`, or None: the fused backend's kernels
+    are custom ops with no exportable math, and `check_finite` is a data-dependent raise."""
+    if layer.check_finite:
+        return f"{layer.layer_name} has check_finite=True, a data-dependent check that an exported graph cannot hold"
+    if ops.resolve_backend(layer.backend, device, layer.chunk_size) != "reference":
+        return (f"{layer.layer_name} runs backend={layer.backend!r} on {torch.device(device)}, whose Triton kernels "
+                "cannot be exported; build the model with backend='reference' (or 'auto' and export on the CPU)")
+    return None
+
+
+@contextlib.contextmanager
+def export_mode(model, device="cpu", counting_sort=False):
+    """Within it, the GLA layers of `model` (in eval mode) can be exported with symbolic height
+    and width (`torch.export`, AOTInductor, ONNX).
+
+    Each layer holds its `eval_rotation_table` (the eval rotations of every reachable bucket
+    count, bitwise those of eager mode) as a plain tensor attribute, which `torch.export` lifts
+    into the graph as a constant (it never enters the state dict), and slices the block of the
+    input's bucket count with integer arithmetic. `counting_sort=True` makes the reference sort
+    without TopK/ArgSort over the positions (ONNX, TensorRT). A layer that cannot be exported
+    (`export_problem`) is a ValueError before anything changes.
+    """
+    layers = gla_layers(model)
+    for layer in layers:
+        problem = export_problem(layer, device)
+        if problem:
+            raise ValueError(f"cannot export: {problem}")
+    try:
+        for layer in layers:
+            layer.rotation_table = eval_rotation_table(layer.channels // layer.reduction, layer.n_hashes,
+                                                       layer.max_buckets, layer.eval_seed, torch.device(device))
+            layer.counting_sort = counting_sort
+        yield model
+    finally:
+        for layer in layers:
+            layer.rotation_table = None
+            layer.counting_sort = False

@@ -23,12 +23,21 @@ checks the entrance uses):
     sorted_attention(q, v, learned, perm, inv, x, chunk_size, res_scale, precision) -> y
         (the differentiable attention for given slots)
 
-Custom ops (torch.library; fake and autograd registered beside them)::
+Custom ops (`torch.library.custom_op`; fake and autograd registered beside them)::
 
-    dlsn::gla_attention_fwd(q, v, learned, perm, inv, x, int chunk_size, float res_scale, str precision)
+    dlsn::sblsh_hash(q, rotations) -> codes
+    dlsn::bucket_sort(codes, int n_buckets, int chunk_size) -> (perm, inv)
+    dlsn::gla_attention_fwd(q, v, learned, perm, inv, x, int chunk_size, float res_scale, str? precision)
         -> (y, out, lse_max, lse_sum)
     dlsn::gla_attention_bwd(grad_y, q, v, learned, perm, inv, out, lse_max, lse_sum, int chunk_size,
-        float res_scale, str precision) -> (dq, dv, dlearned)
+        float res_scale, str? precision) -> (dq, dv, dlearned)
+
+Every launch happens inside one of them, so `torch.compile(fullgraph=True)` and `torch.export` see
+four opaque ops with fake implementations and never trace into a launcher. They are `custom_op`s,
+not `torch.library.triton_op`s: fake-tensor tracing of a `triton_op` touches data pointers and
+fails under the CPU interpreter, and the launchers pick their configs by timing candidates on the
+first call, which tracing cannot follow. What Inductor sees on a GPU is therefore four fallback
+kernels it calls as they are (no fusion into them, no Triton source in an AOTInductor package).
 
 What backward saves: q, v, learned (the embeddings), perm, inv, out [N, L, C], lse_max and lse_sum
 [N, L] float32: O(N L (c + C + l) + N h L), nothing with a 3l or l x 3l factor; the scores are
@@ -44,8 +53,11 @@ rounded to v's dtype, plus x, promoted - the reference's rounding - and x's grad
 
 `precision` ("ieee", "tf32", "tf32x3") is how float32 dots run in the window-attention kernels
 (16-bit inputs always use 16-bit tensor-core dots; the hash projection is always exact float32).
+None follows `torch.get_float32_matmul_precision()`, read when the op runs (so compiled code follows
+the setting of the call, as eager code does, and Dynamo never sees the non-tensor call).
 """
 import contextlib
+from typing import Optional
 
 import torch
 
@@ -54,7 +66,7 @@ from ..kernels.constants import CHUNK_SIZES
 from ..kernels.hash import sblsh_hash_fwd
 from ..kernels.window_attention import window_attn_fwd
 from ..kernels.window_attention_bwd import window_attn_bwd
-from .backends import triton_device_problem
+from .backends import resolve_precision, triton_device_problem
 from .checks import check_fp32_precision, positive_int
 from .scatter import attention_grad_rows, scatter_back
 
@@ -137,7 +149,7 @@ def _check_perm(perm, q, chunk_size):
 def _check_attention_inputs(q, v, learned, x, chunk_size, res_scale, precision):
     """Everything the attention op takes besides the slots; returns the device."""
     device = _check_embeddings(q, v, learned, chunk_size)
-    check_fp32_precision("precision", precision)
+    check_fp32_precision("precision", precision, allow_none=True)
     _check_tensor("x", x, 4, FLOAT_DTYPES)
     _check_device([("q", q), ("x", x)])
     n_batch, length, channels = v.shape
@@ -156,6 +168,33 @@ def _launch_device(device):
 
 # Stages ------------------------------------------------------------------------------------------
 
+# The hash and the sort are custom ops, like the attention, so that torch.compile and torch.export
+# see opaque ops with fake implementations instead of tracing into the Python launchers.
+
+@torch.library.custom_op("dlsn::sblsh_hash", mutates_args=())
+def _sblsh_hash(q: torch.Tensor, rotations: torch.Tensor) -> torch.Tensor:
+    with _launch_device(q.device):
+        return sblsh_hash_fwd(q, rotations)
+
+
+@_sblsh_hash.register_fake
+def _(q, rotations):
+    return q.new_empty((q.shape[0], rotations.shape[0], q.shape[1]), dtype=torch.int32)
+
+
+@torch.library.custom_op("dlsn::bucket_sort", mutates_args=())
+def _bucket_sort(codes: torch.Tensor, n_buckets: int, chunk_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    with _launch_device(codes.device):
+        return bucket_sort_fwd(codes, n_buckets, chunk_size)
+
+
+@_bucket_sort.register_fake
+def _(codes, n_buckets, chunk_size):
+    n_batch, n_hashes, length = codes.shape
+    perm = codes.new_empty((n_batch, n_hashes, length + (-length) % chunk_size), dtype=torch.int32)
+    return perm, codes.new_empty((n_batch, n_hashes, length), dtype=torch.int32)
+
+
 def triton_hash(q, rotations):
     """SB-LSH codes, all rounds in one launch (docs/gla.md §2).
 
@@ -167,8 +206,7 @@ def triton_hash(q, rotations):
     """
     _check_tensor("q", q, 3, FLOAT_DTYPES)
     _check_rotations(rotations, q)
-    with _launch_device(q.device):
-        return sblsh_hash_fwd(q.contiguous(), rotations.to(torch.float32).contiguous())
+    return _sblsh_hash(q.contiguous(), rotations.to(torch.float32).contiguous())
 
 
 def triton_sort(codes, n_buckets, chunk_size, check_range=True):
@@ -187,11 +225,10 @@ def triton_sort(codes, n_buckets, chunk_size, check_range=True):
     _check_tensor("codes", codes, 3, (torch.int32, torch.int64))
     positive_int("n_buckets", n_buckets)
     positive_int("chunk_size", chunk_size)
-    device = _check_device([("codes", codes)])
+    _check_device([("codes", codes)])
     if check_range:
         _check_index_range("codes", codes, n_buckets)
-    with _launch_device(device):
-        return bucket_sort_fwd(codes.contiguous(), n_buckets, chunk_size)
+    return _bucket_sort(codes.contiguous(), n_buckets, chunk_size)
 
 
 def triton_window_attention(q, v, learned, perm, chunk_size, precision="ieee", check_range=True):
@@ -220,10 +257,11 @@ def triton_window_attention(q, v, learned, perm, chunk_size, precision="ieee", c
 
 @torch.library.custom_op("dlsn::gla_attention_fwd", mutates_args=())
 def _gla_attention_fwd(q: torch.Tensor, v: torch.Tensor, learned: torch.Tensor, perm: torch.Tensor,
-                       inv: torch.Tensor, x: torch.Tensor, chunk_size: int, res_scale: float, precision: str
+                       inv: torch.Tensor, x: torch.Tensor, chunk_size: int, res_scale: float, precision: Optional[str]
                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     with _launch_device(q.device):
-        O, round_max, round_sum = window_attn_fwd(q, v, learned, perm, chunk_size, precision=precision)
+        O, round_max, round_sum = window_attn_fwd(q, v, learned, perm, chunk_size,
+                                                  precision=resolve_precision(precision))
     return scatter_back(O, round_max, round_sum, inv, x, res_scale)
 
 
@@ -237,11 +275,12 @@ def _(q, v, learned, perm, inv, x, chunk_size, res_scale, precision):
 @torch.library.custom_op("dlsn::gla_attention_bwd", mutates_args=())
 def _gla_attention_bwd(grad_y: torch.Tensor, q: torch.Tensor, v: torch.Tensor, learned: torch.Tensor,
                        perm: torch.Tensor, inv: torch.Tensor, out: torch.Tensor, lse_max: torch.Tensor,
-                       lse_sum: torch.Tensor, chunk_size: int, res_scale: float, precision: str
+                       lse_sum: torch.Tensor, chunk_size: int, res_scale: float, precision: Optional[str]
                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     g, D = attention_grad_rows(grad_y, out, res_scale)
     with _launch_device(q.device):
-        return window_attn_bwd(q, v, learned, perm, inv, g, D, lse_max, lse_sum, chunk_size, precision=precision)
+        return window_attn_bwd(q, v, learned, perm, inv, g, D, lse_max, lse_sum, chunk_size,
+                               precision=resolve_precision(precision))
 
 
 @_gla_attention_bwd.register_fake
@@ -311,7 +350,8 @@ def gla_attention(q, v, learned, rotations, chunk_size, x, res_scale, precision=
         chunk_size: power of two from 16 to 256.
         x [N, C, H, W], H * W = L: the residual, any float dtype; differentiable.
         res_scale: float.
-        precision: "ieee", "tf32" or "tf32x3": how float32 dots run in the attention kernels.
+        precision: "ieee", "tf32" or "tf32x3": how float32 dots run in the attention kernels; None:
+            from `torch.get_float32_matmul_precision()` when the op runs (`resolve_precision`).
         hash_q: [N, L, c] queries the positions are hashed by (default: q; `GLA(similarity="learned")`
             hashes by the real queries and attends with zero ones).
     Returns:
@@ -319,7 +359,7 @@ def gla_attention(q, v, learned, rotations, chunk_size, x, res_scale, precision=
         `dlsn.ops.reference.gla_core` with the same rotations. Hashing runs on detached queries: the
         codes are constants of the graph.
     """
-    device = _check_attention_inputs(q, v, learned, x, chunk_size, res_scale, precision)
+    _check_attention_inputs(q, v, learned, x, chunk_size, res_scale, precision)
     if hash_q is None:
         hash_q = q
     else:
@@ -327,7 +367,6 @@ def gla_attention(q, v, learned, rotations, chunk_size, x, res_scale, precision=
         _check_device([("q", q), ("hash_q", hash_q)])
         _check_shape("hash_q", hash_q, q.shape, "[N, L, c] of q")
     _check_rotations(rotations, hash_q)
-    with _launch_device(device):
-        codes = sblsh_hash_fwd(hash_q.detach().contiguous(), rotations.to(torch.float32).contiguous())
-        perm, inv = bucket_sort_fwd(codes, rotations.shape[2], chunk_size)
+    codes = _sblsh_hash(hash_q.detach().contiguous(), rotations.to(torch.float32).contiguous())
+    perm, inv = _bucket_sort(codes, rotations.shape[2], chunk_size)
     return _attend(q, v, learned, perm, inv, x, chunk_size, res_scale, precision)

@@ -47,23 +47,46 @@ def hash_codes(q, rotations):
     return torch.where(projected == best, index, n_buckets_).amin(dim=-1)
 
 
-def sort_permutation(codes, chunk_size):
+def sort_permutation(codes, chunk_size, n_buckets=None, counting=False):
     """Stable per-round sort by code, padded to a multiple of `chunk_size` (docs/gla.md §3).
 
     Returns `perm` [N, h, Lp] (original position at each slot; padded slot `t` repeats slot
     `(t - p) mod L`) and `inv` [N, h, L] (slot of each position among the real slots).
+    `counting=True` computes the same slots with `counting_sort_slots` (standard ops only, no
+    TopK or ArgSort over the positions: what ONNX and TensorRT need); it needs `n_buckets`, the
+    codes' bound. No branch depends on the size, so symbolic sizes (torch.export) trace.
     """
     length = codes.shape[-1]
-    _, order = torch.sort(codes, dim=-1, stable=True)
-    pad = (-length) % chunk_size
-    if pad:
-        pad_slots = (torch.arange(length, length + pad, device=codes.device) - pad) % length
-        order = torch.cat([order, order[..., pad_slots]], dim=-1)
-    inv = torch.empty_like(codes, dtype=torch.int64)
     slots = torch.arange(length, device=codes.device).expand_as(codes)
-    inv.scatter_(-1, order[..., :length], slots)
-    return order, inv
+    if counting:
+        inv = counting_sort_slots(codes, n_buckets)
+        order = torch.empty_like(inv).scatter_(-1, inv, slots)
+    else:
+        _, order = torch.sort(codes, dim=-1, stable=True)
+        inv = torch.empty_like(codes, dtype=torch.int64).scatter_(-1, order, slots)
+    pad = (-length) % chunk_size
+    # A tensor divisor: ONNX export translates a remainder by a symbolic size only between tensors.
+    divisor = torch.scalar_tensor(length, dtype=torch.int64, device=codes.device)
+    pad_slots = (torch.arange(length, length + pad, device=codes.device) - pad).remainder(divisor)
+    return torch.cat([order, order[..., pad_slots]], dim=-1), inv
 
+
+def counting_sort_slots(codes, n_buckets):
+    """`inv` of the stable sort of `codes` [N, h, L] (values in [0, n_buckets)) -> int64 [N, h, L].
+
+    The slot of position `i` is (positions with a lower code) + (positions before `i` with its
+    code): an exclusive prefix sum of the bucket sizes plus a running count within the bucket,
+    read off a cumulative sum of the one-hot codes. Stable by construction. Its working memory is
+    `N h L b` int32 (one-hot and running counts), a few percent of the window attention's.
+    """
+    codes = codes.long()
+    buckets = torch.arange(n_buckets, device=codes.device)
+    one_hot = (codes.unsqueeze(-1) == buckets).to(torch.int32)              # [N, h, L, b]
+    running = one_hot.cumsum(dim=2, dtype=torch.int32)                      # inclusive count per bucket
+    sizes = running[:, :, -1, :]                                            # [N, h, b]
+    starts = sizes.cumsum(dim=2, dtype=torch.int32) - sizes                 # positions in lower buckets
+    rank = running.gather(3, codes.unsqueeze(-1)).squeeze(-1)               # 1 + earlier equal codes
+    return (starts.gather(2, codes) + rank - 1).long()
 
 def normalized_keys(q):
     """Keys `q / max(||q||_2, KEY_NORM_EPS)` (docs/gla.md §4): a zero query gives a zero key."""
@@ -127,10 +150,12 @@ def scatter_back(O, lse, inv):
     return out, torch.logsumexp(lse_pos, dim=1)
 
 
-def gla_core(q, v, learned, rotations, chunk_size, x, res_scale, hash_q=None):
+def gla_core(q, v, learned, rotations, chunk_size, x, res_scale, hash_q=None, counting_sort=False):
     """Everything after the embeddings: hash, sort, attend, scatter back, residual -> y [N, C, H, W].
-    `hash_q` (default: q) are the queries the positions are hashed by."""
-    perm, inv = sort_permutation(hash_codes(q if hash_q is None else hash_q, rotations), chunk_size)
+    `hash_q` (default: q) are the queries the positions are hashed by; `counting_sort` sorts with
+    `counting_sort_slots` (same slots, standard ops only)."""
+    codes = hash_codes(q if hash_q is None else hash_q, rotations)
+    perm, inv = sort_permutation(codes, chunk_size, rotations.shape[2], counting=counting_sort)
     O, lse = window_attention(q, v, learned, perm, chunk_size)
     out, _ = scatter_back(O, lse, inv)
     n, channels, height, width = x.shape

@@ -25,7 +25,8 @@ COMMANDS = {
     "eval": ("evaluate", "evaluate a checkpoint (or bicubic) on a benchmark folder: PSNR/SSIM"),
     "upscale": ("upscale", "super-resolve image files with a checkpoint"),
     "demo": ("demo", "train a small DLSN on a CPU in minutes and compare with bicubic"),
-    "export": ("export", "write a checkpoint's weights as .safetensors"),
+    "export": ("export", "write a checkpoint as .safetensors weights, a torch.export program (.pt2), an "
+                         "AOTInductor package or an ONNX model"),
     "attention": ("attention_maps", "draw where a GLA layer looks for chosen pixels, with and without the "
                                     "learnable term"),
 }

@@ -89,6 +89,8 @@ class TrainConfig:
     with any of `pretrained_exclude` are left at their initialisation (the upsampler `tail.0.`).
     `ema_decay` 0 disables the EMA; `grad_clip` 0 disables clipping (max global L2 norm otherwise).
     `amp`: "none", "bf16" or "fp16" (fp16 uses a GradScaler).
+    `compile`: run the model through `torch.compile(fullgraph=True)` (the first steps compile:
+    minutes on a CPU; the EMA copy stays eager).
     """
     iterations: int = 300000
     lr: float = 1e-4
@@ -104,6 +106,7 @@ class TrainConfig:
     device: str = "auto"
     pretrained: Optional[str] = None
     pretrained_exclude: List[str] = field(default_factory=lambda: ["tail.0."])
+    compile: bool = False
 
 
 @dataclass

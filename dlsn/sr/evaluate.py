@@ -130,7 +130,8 @@ def run(args) -> int:
     folders, names = _benchmarks(args.data)
     set_memory_budget(args)
     device = resolve_device(args.device)
-    model = load_for_inference(args.model, args.checkpoint, args.scale, device, n_hashes=args.n_hashes)
+    model = load_for_inference(args.model, args.checkpoint, args.scale, device, n_hashes=args.n_hashes,
+                               compile=args.compile)
     results = []
     for folder, name in zip(folders, names):
         save_dir = None if not args.save else (Path(args.save) / name if len(folders) > 1 else Path(args.save))

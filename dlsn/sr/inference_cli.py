@@ -10,6 +10,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from .checkpoint import load_model
+from .deploy import compile_for_inference, load_inference_model
 from .inference import BicubicUpscaler, count_tiles, upscale_tensor
 from .tiling import MEMORY_MARGIN, available_memory, format_size, parse_size, plan_tiles
 
@@ -19,7 +20,8 @@ __all__ = ["add_inference_arguments", "set_memory_budget", "load_for_inference",
 def add_inference_arguments(parser):
     """The options of the model to run and of its tiles."""
     parser.add_argument("--checkpoint", default=None, metavar="CKPT",
-                        help="DLSN checkpoint (published state dict, a dlsn training checkpoint or safetensors)")
+                        help="DLSN checkpoint (published state dict, a dlsn training checkpoint or safetensors), "
+                             "or an ONNX model from `dlsn export --format onnx` (run by onnxruntime)")
     parser.add_argument("--scale", type=int, required=True, choices=(2, 3, 4, 8), help="upscaling factor")
     parser.add_argument("--model", default="dlsn", choices=("dlsn", "bicubic"),
                         help="'bicubic' runs the MATLAB-compatible bicubic baseline (no checkpoint)")
@@ -35,6 +37,9 @@ def add_inference_arguments(parser):
     parser.add_argument("--self-ensemble", action="store_true",
                         help="average over the 8 flips/transposes (DLSN+; 8x slower)")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    parser.add_argument("--compile", action="store_true",
+                        help="run the model through torch.compile (the first image of each size compiles: "
+                             "seconds to minutes on a CPU; see README for the speed-up)")
     parser.add_argument("--n-hashes", type=int, default=None, metavar="H",
                         help="hash rounds of every GLA layer at inference (default: the checkpoint's; "
                              "the weights are unchanged: more rounds, more accuracy and time)")
@@ -67,9 +72,11 @@ def _check_n_hashes(n_hashes, model_name):
         raise ValueError("--n-hashes sets the hash rounds of a DLSN checkpoint; --model bicubic has none")
 
 
-def load_for_inference(model_name, checkpoint, scale, device, n_hashes=None):
+def load_for_inference(model_name, checkpoint, scale, device, n_hashes=None, compile=False):
     """The model to run: ``BicubicUpscaler`` for ``model_name="bicubic"``, else a checkpoint's DLSN
-    (with ``n_hashes`` hash rounds at inference when given; the weights are untouched)."""
+    (with ``n_hashes`` hash rounds at inference when given; the weights are untouched), or an ONNX
+    export run by onnxruntime (``dlsn.sr.deploy.load_inference_model``); ``compile``: through
+    ``torch.compile``."""
     _check_n_hashes(n_hashes, model_name)
     if model_name == "bicubic":
         return BicubicUpscaler(scale)
@@ -78,10 +85,12 @@ def load_for_inference(model_name, checkpoint, scale, device, n_hashes=None):
     path = Path(checkpoint)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
+    if path.suffix.lower() == ".onnx":
+        return load_inference_model(path, scale, device, n_hashes=n_hashes, compile=compile)
     model = load_model(path, scale=scale, map_location="cpu").to(device).eval()
     if n_hashes is not None:
         model.set_n_hashes(n_hashes)
-    return model
+    return compile_for_inference(model) if compile else model
 
 
 def _auto_tile(model, height, width, batch, args, device):

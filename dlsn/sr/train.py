@@ -314,6 +314,8 @@ class Trainer:
             ckpt.load_pretrained(model, t.pretrained, exclude=t.pretrained_exclude)
         self.model = model.to(self.device)
         self.ema = copy.deepcopy(model).eval().requires_grad_(False) if t.ema_decay > 0 else None
+        if t.compile:  # in place, after the EMA copy: the state dict keys stay those of the model
+            self.model.compile(fullgraph=True)
         # Ranks draw their own hashing rotations: seed each rank differently after the shared init.
         torch.manual_seed(t.seed + self.rank)
         self.params = [p for p in model.parameters() if p.requires_grad]

@@ -98,7 +98,8 @@ def run(args) -> int:
     device = resolve_device(args.device)
     if args.half and device.type != "cuda":
         raise ValueError("--half needs a CUDA device (float16 convolutions are slow or missing on CPU)")
-    model = load_for_inference(args.model, args.checkpoint, args.scale, device, n_hashes=args.n_hashes)
+    model = load_for_inference(args.model, args.checkpoint, args.scale, device, n_hashes=args.n_hashes,
+                               compile=args.compile)
     if args.half:
         model = model.half()
     for path in tqdm(files, desc="upscale", unit="img", disable=args.no_progress or len(files) < 2, file=sys.stderr):
