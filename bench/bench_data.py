@@ -206,8 +206,9 @@ def rows_and_lines(args, env, results, timings, base, load):
     size = SMOKE_SIZE if args.smoke else SIZE
     rows, lines = [], [f"# bench_data — run {args.run_id}", "", f"Machine: {machine()}; git {env['git_sha']}.",
                        f"Load average (1 min) at the start / end: {load[0]:.1f} / {load[1]:.1f}.",
-                       f"Images: {args.images} mosaics of scikit-image photographs, {size[1]}x{size[0]} PNG; one "
-                       f"process, one torch thread; at least {args.seconds:g} CPU s per provider.", "",
+                       f"Images: {args.images} mosaics of scikit-image photographs, {size[1]}x{size[0]} PNG (Pillow's "
+                       f"default compression, {args.png_mb:.2f} MB on average); one process, one torch thread; at "
+                       f"least {args.seconds:g} CPU s per provider.", "",
                        "| case | provider | patches/s per core (CPU) | patches/s (wall) | CPU ms/patch | patches "
                        "| x before (CPU) |", "|---|---|---|---|---|---|---|"]
     base_row = dict(env, run_id=args.run_id, script="bench_data", dtype="uint8", timer="cpu-process_time",
@@ -251,6 +252,8 @@ def main(argv=None):
         args.workdir = args.workdir or scratch
         cases = SMOKE_CASES if args.smoke else CASES
         make_images(args.workdir, args.images, SMOKE_SIZE if args.smoke else SIZE, sorted({s for s, _ in cases}))
+        hr_dir = os.path.join(args.workdir, "HR")
+        args.png_mb = np.mean([os.path.getsize(os.path.join(hr_dir, name)) for name in os.listdir(hr_dir)]) / 1e6
         timings = prepare_all(args.workdir, sorted({s for s, _ in cases}), args.images)
         results = {}
         for scale, patch in cases:
