@@ -14,7 +14,7 @@ from dlsn.sr.config import config_from_dict
 from dlsn.sr.data import PatchPairs, TrainPairs, training_pairs
 from dlsn.sr.imageio import write_image
 from dlsn.sr.prepare import prepare_dataset
-from dlsn.sr.prepared import HEADER_BYTES, MANIFEST, PreparedDatasetError, PreparedPairs
+from dlsn.sr.prepared import HEADER_BYTES, MANIFEST, PreparedDatasetError, PreparedPairs, read_manifest
 from dlsn.sr.train import train
 from dlsn.sr.utils import WriteError
 
@@ -39,11 +39,16 @@ def _prepare(src, out, scale=2, degradation="bi", **kwargs):
                            **kwargs)
 
 
-@pytest.mark.parametrize("degradation,scale", [("bi", 2), ("bd", 3), ("dn", 2)])
+@pytest.mark.parametrize("degradation,scale", [("bi", 2), ("bd", 3), ("dn", 2), ("premade", 2)])
 def test_prepared_patches_equal_patches_made_on_the_fly(source, tmp_path, degradation, scale):
     """The same keys give bit-identical patches from the prepared dataset and from the images (DN:
-    a BI dataset with the noise drawn per patch, as on the fly)."""
+    a BI dataset with the noise drawn per patch, as on the fly; premade: BI from LR_bicubic/X2 PNGs)."""
+    if degradation == "premade":
+        degradation = "bi"
+        for i, (h, w) in enumerate(SIZES):  # LR that is not dlsn's bicubic, so that using it shows
+            write_image(source / "LR_bicubic" / "X2" / f"{i:04d}x2.png", torch.rand(3, h // 2, w // 2))
     _prepare(source, tmp_path / "out", scale, "bi" if degradation == "dn" else degradation)
+    assert (source / "LR_bicubic").exists() == ("pre-made" in read_manifest(tmp_path / "out")["lr_source"])
     prepared = PatchPairs(PreparedPairs(tmp_path / "out", scale, degradation), scale, 8)
     fly = PatchPairs(TrainPairs(source, scale, degradation), scale, 8)
     for key in [(i % 3, 50 + i, 0) for i in range(15)]:
@@ -268,3 +273,10 @@ def test_loader_defaults(tmp_path, monkeypatch):
     trainer.cfg.data.num_workers = 0
     trainer.load_data(pairs)
     assert trainer.loader.num_workers == 0 and trainer.loader.prefetch_factor is None
+
+
+def test_sixteen_bit_sources_are_stored_at_eight_bits_and_said_so(source, tmp_path):
+    write_image(source / "0001.png", torch.rand(3, 20, 24, generator=torch.Generator().manual_seed(1)), bit_depth=16)
+    lines = []
+    _prepare(source, tmp_path / "out", log=lines.append)
+    assert lines == ["1 image(s) have more than 8 bits per sample and are stored at 8 bits: 0001"]
