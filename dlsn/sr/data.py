@@ -51,8 +51,8 @@ __all__ = ["PairFolder", "TrainPairs", "BenchmarkPairs", "ImagePairs", "PatchPai
            "list_images", "find_hr_dir", "find_lr_dir", "load_pair", "training_pairs", "parse_num_workers",
            "loader_workers", "TimedBatches", "AUTO_WORKERS_CAP"]
 
-# Most DataLoader workers "auto" starts per training process: a prepared dataset keeps a GPU fed
-# with one to three; images degraded on the fly need more (see the README's patches per second).
+# Most DataLoader workers "auto" starts per training process: a prepared dataset needs a fraction
+# of one core for hundreds of patches per second, images degraded on the fly many cores (README).
 AUTO_WORKERS_CAP = 16
 
 PathLike = Union[str, Path]
@@ -235,8 +235,8 @@ class PairFolder(Dataset):
         s, hr_path = self.scale, self.hr_files[index]
         hr_box = (top * s, (top + size) * s, left * s, (left + size) * s)
         if self.lr_files is not None:
-            return read_image_window(self.lr_files[index], top, top + size, left, left + size), \
-                read_image_window(hr_path, *hr_box)
+            return (read_image_window(self.lr_files[index], top, top + size, left, left + size),
+                    read_image_window(hr_path, *hr_box))
         kind = "bi" if self.degradation == "dn" else self.degradation
         h, w = self.lr_sizes[index]
         (y0, y1, x0, x1), (oy, ox) = patch_window(kind, s, (h * s, w * s), top, left, size)
