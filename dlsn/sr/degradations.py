@@ -80,8 +80,8 @@ def blur_down(hr: torch.Tensor, scale: int, quantize: bool = True, sigma: float 
 
     The Gaussian is separable and only every s-th blurred pixel is kept, so the blur is computed as
     two 7-tap passes at the kept rows, then the kept columns (float64; equal to the 2-D convolution
-    to rounding, 1e-16), instead of a full 7x7 convolution of the whole image (20 s for a 2K image
-    on one core).
+    to rounding, 1e-16), instead of a full 7x7 convolution of the whole image (measured on one core
+    for a 2040x1356 image: 0.19 CPU s against 2.9 s).
     """
     _check(hr, scale, "blur_down")
     taps = _gaussian_taps(BD_KERNEL_SIZE, sigma).tolist()
