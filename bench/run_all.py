@@ -1,6 +1,6 @@
 """Run the benchmarks into one run folder and write `summary.md` (headline ratios against the targets).
 
-    python bench/run_all.py [--smoke] [--out DIR] [--run-id ID] [--only gla,stages,scaling,dlsn]
+    python bench/run_all.py [--smoke] [--out DIR] [--run-id ID] [--only gla,stages,scaling,dlsn,data]
     python bench/run_all.py --summary-only --out DIR     # rebuild summary.md from the CSVs in DIR
 
 The summary is built from every `bench_*.csv` in the run folder, so scripts run one at a time (each
@@ -15,12 +15,13 @@ import traceback
 
 import harness
 
+import bench_data
 import bench_dlsn
 import bench_gla
 import bench_scaling
 import bench_stages
 
-SCRIPTS = {"gla": bench_gla, "stages": bench_stages, "scaling": bench_scaling, "dlsn": bench_dlsn}
+SCRIPTS = {"gla": bench_gla, "stages": bench_stages, "scaling": bench_scaling, "dlsn": bench_dlsn, "data": bench_data}
 TARGETS = [
     ("bench_gla", "train-fwdbwd", ("triton", "reference"),
      "GLA fwd+bwd, training shape: >= 10x faster and >= 15x less peak memory than reference"),
@@ -52,7 +53,9 @@ def summarize(out, failures=()):
     rows = read_rows(out)
     if not rows:
         raise SystemExit(f"no bench_*.csv in {out}")
-    first = next(r for script_rows in rows.values() for r in script_rows)
+    # The header describes the device run; bench_data always measures the CPU (the training input).
+    first = next((r for script_rows in rows.values() for r in script_rows if r["gpu"] != "cpu"),
+                 next(r for script_rows in rows.values() for r in script_rows))
     lines = [f"# Benchmark summary — run {first['run_id']}", "",
              f"GPU {first['gpu']}, driver {first['driver']}, torch {first['torch']}, triton {first['triton']}, "
              f"git {first['git_sha']}, TF32 {first['tf32']}.", ""]

@@ -86,3 +86,21 @@ def test_precision_modes_emulation_orders_the_modes(capsys):
     for errors in (forward, gradient):
         assert errors["tf32"] > 10 * errors["tf32x3"] and errors["tf32"] > 10 * errors["ieee"]
         assert errors["ieee"] < 1e-5 and errors["tf32x3"] < 1e-5
+
+
+def test_bench_data_smoke(tmp_path):
+    """bench/bench_data.py --smoke: every provider of both cases measured (patches per CPU second), and
+    a timed dlsn prepare per scale and degradation, in the harness's CSV columns."""
+    run_smoke("bench_data", tmp_path)
+    with open(tmp_path / "bench_data.csv", newline="") as handle:
+        reader = csv.DictReader(handle)
+        assert reader.fieldnames == COLUMNS
+        rows = list(reader)
+    providers = {"prepared", "prepared-dn", "png-premade", "fly-bi", "fly-bd", "fly-dn"}
+    for case in ("patch8-x2", "patch8-x4"):
+        assert {r["provider"] for r in rows if r["case"] == case} == providers
+    assert {(r["case"], r["provider"]) for r in rows if r["case"].startswith("prepare-")} == {
+        (f"prepare-x{s}", f"dlsn prepare {d}") for s in (2, 4) for d in ("bi", "bd")}
+    assert all(r["status"] == "ok" and float(r["ms"]) > 0 and r["timer"] == "cpu-process_time" for r in rows)
+    markdown = (tmp_path / "bench_data.md").read_text()
+    assert markdown.count("| patch8-x") == 12 and "8298720128 bytes" in markdown  # 800 x 2040x1356 at x2, exact

@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from dlsn.sr.imageio import _unfilter_png, read_image, read_image_with_alpha, write_image
+from dlsn.sr.imageio import _unfilter_png, image_size, read_image, read_image_window, read_image_with_alpha, write_image
 
 
 def _paeth(a, b, c):
@@ -126,3 +126,54 @@ def test_errors_name_the_path(tmp_path):
         write_image(tmp_path / "x.png", torch.rand(5, 4, 4))
     write_image(tmp_path / "la.png", torch.rand(2, 4, 4))  # gray + alpha
     assert Image.open(tmp_path / "la.png").mode == "LA"
+
+
+def _photo(h=40, w=52, channels=3, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (h, w, channels), dtype=np.uint8)
+
+
+@pytest.mark.parametrize("kind", ["rgb8", "rgba", "gray", "rgb16", "jpeg", "rgb_trns", "palette", "interlaced"])
+def test_read_image_window_is_a_crop_of_read_image(tmp_path, kind):
+    """Equal values for every kind of image, whether the fast path (8-bit RGB PNG) or the fallback reads it."""
+    path = tmp_path / ("x.jpg" if kind == "jpeg" else "x.png")
+    if kind == "rgb16":
+        _encode_png16(path, np.random.default_rng(1).integers(0, 65536, (40, 52, 3)), 2, [r % 5 for r in range(40)])
+    else:
+        image = Image.fromarray(_photo(channels=4 if kind == "rgba" else 3))
+        image = {"rgba": image, "gray": image.convert("L"), "palette": image.convert("P")}.get(kind, image)
+        extra = {"transparency": (10, 20, 30)} if kind == "rgb_trns" else {}
+        image.save(path, interlace=kind == "interlaced", **extra)
+    whole = read_image(path)
+    assert image_size(path) == tuple(whole.shape[-2:]) == (40, 52)
+    for box in [(0, 40, 0, 52), (0, 7, 0, 9), (33, 40, 45, 52), (10, 27, 5, 31)]:
+        window = read_image_window(path, *box)
+        assert torch.equal(window, whole[:, box[0]:box[1], box[2]:box[3]]), box
+
+
+def test_read_image_window_decodes_only_the_rows_it_needs(tmp_path):
+    """A PNG cut off after half its rows: the top rows still read through the window, the whole image
+    does not (so the rows below a window are indeed never decoded)."""
+    path = tmp_path / "cut.png"
+    Image.fromarray(_photo(64, 64)).save(path, compress_level=0)
+    full = read_image(path)
+    blob = path.read_bytes()
+    path.write_bytes(blob[: len(blob) // 2])
+    assert torch.equal(read_image_window(path, 2, 20, 3, 40), full[:, 2:20, 3:40])
+    with pytest.raises(ValueError, match="cut.png"):
+        read_image(path)
+    with pytest.raises(ValueError, match="cannot read image .*cut.png"):
+        read_image_window(path, 40, 60, 0, 10)
+
+
+def test_read_image_window_errors(tmp_path):
+    path = tmp_path / "x.png"
+    Image.fromarray(_photo()).save(path)
+    with pytest.raises(ValueError, match="outside the 40x52 image"):
+        read_image_window(path, 30, 41, 0, 5)
+    with pytest.raises(ValueError, match="outside"):
+        read_image_window(path, 5, 5, 0, 5)
+    (tmp_path / "bad.png").write_bytes(b"garbage")
+    with pytest.raises(ValueError, match="bad.png"):
+        image_size(tmp_path / "bad.png")
+    with pytest.raises(FileNotFoundError, match="nope.png"):
+        read_image_window(tmp_path / "nope.png", 0, 1, 0, 1)

@@ -93,9 +93,10 @@ def test_schedule_estimate_and_progress_with_eta(tmp_path, pairs, capsys):
     assert estimate, text
     seconds = sum(int(p) * 60 ** i for i, p in enumerate(reversed(estimate.group(2).split(":"))))
     assert seconds == round(float(estimate.group(1)) * 24) or abs(seconds - float(estimate.group(1)) * 24) <= 1
-    progress = re.findall(r"iteration (\d+)/24 loss [0-9.]+ lr [0-9.e+-]+ [0-9.]+ s/it elapsed [0-9:]+ ETA ([0-9:]+)",
-                          text)
-    assert [int(i) for i, _ in progress] == [4, 8, 12, 16, 20, 24] and progress[-1][1] == "0:00:00"
+    progress = re.findall(r"iteration (\d+)/24 loss [0-9.]+ lr [0-9.e+-]+ [0-9.]+ s/it data (\d+)% elapsed [0-9:]+ "
+                          r"ETA ([0-9:]+)", text)
+    assert [int(i) for i, _, _ in progress] == [4, 8, 12, 16, 20, 24] and progress[-1][2] == "0:00:00"
+    assert all(0 <= int(share) <= 100 for _, share, _ in progress)  # the share of each step spent waiting for data
     assert "estimated wall time of the whole schedule" in printed and "ETA" in printed
 
 

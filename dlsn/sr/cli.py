@@ -22,6 +22,8 @@ __all__ = ["main", "build_parser", "command_parser", "COMMANDS"]
 # name -> (module of dlsn.sr, one-line help)
 COMMANDS = {
     "train": ("train", "train DLSN from a YAML config (published protocol or your own)"),
+    "prepare": ("prepare", "turn a folder of HR images into a prepared training dataset (no image decoding "
+                           "during training)"),
     "eval": ("evaluate", "evaluate a checkpoint (or bicubic) on a benchmark folder: PSNR/SSIM"),
     "upscale": ("upscale", "super-resolve image files with a checkpoint"),
     "demo": ("demo", "train a small DLSN on a CPU in minutes and compare with bicubic"),

@@ -20,6 +20,7 @@ import yaml
 
 from ..nn import SIMILARITIES
 from ..ops import checks
+from .data import parse_num_workers
 from .degradations import DEGRADATIONS
 
 __all__ = ["ModelConfig", "DataConfig", "TrainConfig", "LogConfig", "Config", "ConfigError",
@@ -65,10 +66,14 @@ class ModelConfig:
 class DataConfig:
     """Training images and the validation benchmark.
 
-    `train_dir`: a DIV2K-layout folder (see `dlsn.sr.data`); `val_dir`: a benchmark folder of HR images
+    `train_dir`: a DIV2K-layout folder (see `dlsn.sr.data`) or a dataset made from one by `dlsn prepare`
+    (read without decoding images; see `dlsn.sr.prepared`); `val_dir`: a benchmark folder of HR images
     (LR made on the fly with the training degradation), whose best mean Y-PSNR during training is
     kept as `best.pt`. `patch_size` is the LR patch side; HR patches are `scale` times larger.
     `noise_level`: the DN noise std on the 0-255 scale (degradation "dn" only).
+    `num_workers`: DataLoader worker processes per training process, or "auto" (the CPUs this process
+    may use, shared between the training processes of the machine, less one, at most 16;
+    `dlsn.sr.data.loader_workers`). Read as "auto" or an int.
     """
     train_dir: Optional[str] = None
     val_dir: Optional[str] = None
@@ -76,9 +81,15 @@ class DataConfig:
     noise_level: float = 30.0
     patch_size: int = 48
     batch_size: int = 16
-    num_workers: int = 4
+    num_workers: str = "auto"  # "auto" or a count; __post_init__ makes a count an int
     augment: bool = True
     val_max_images: int = 0
+
+    def __post_init__(self):
+        try:
+            self.num_workers = parse_num_workers(self.num_workers)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
 
 
 @dataclass

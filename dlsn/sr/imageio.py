@@ -11,6 +11,11 @@
   ``read_image_with_alpha`` instead returns the RGB (not composited) and the alpha plane, which
   ``dlsn upscale`` resizes separately to write an RGBA result.
 
+``read_image_window`` reads a crop of an image, equal to cropping ``read_image``'s result: for 8-bit
+RGB PNGs (DIV2K's kind) it decodes only the rows down to the crop's bottom edge and converts only
+the crop to float, which is what makes cutting training patches from PNGs cheap. ``image_size``
+reads an image's size from its header.
+
 ``image_info`` tells, from the file's header, its format, whether it is grayscale and whether it
 holds 16-bit samples; ``dlsn upscale`` writes its result alike.
 
@@ -32,8 +37,8 @@ from PIL import Image, UnidentifiedImageError
 
 from .utils import WriteError, make_parent, os_error_reason
 
-__all__ = ["read_image", "read_image_with_alpha", "write_image", "image_info", "ImageInfo", "IMAGE_EXTENSIONS",
-           "NO_ALPHA_EXTENSIONS"]
+__all__ = ["read_image", "read_image_with_alpha", "read_image_window", "image_size", "write_image", "image_info",
+           "ImageInfo", "IMAGE_EXTENSIONS", "NO_ALPHA_EXTENSIONS"]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 # Formats that cannot store transparency.
@@ -59,6 +64,17 @@ def _png_header(path: Path) -> Optional[Tuple[int, int, int, int, int]]:
         return None
     width, height, depth, ctype, _, _, interlace = struct.unpack(">IIBBBBB", head[16:29])
     return width, height, depth, ctype, interlace
+
+
+def _png_chunks(blob: bytes):
+    """``(kind, payload)`` of each chunk of a PNG file's bytes, up to IEND."""
+    pos = len(_PNG_SIGNATURE)
+    while pos + 8 <= len(blob):
+        length, kind = struct.unpack(">I4s", blob[pos : pos + 8])
+        yield kind, blob[pos + 8 : pos + 8 + length]
+        if kind == b"IEND":
+            return
+        pos += 12 + length
 
 
 def _unfilter_png(data: np.ndarray, height: int, row_bytes: int, bpp: int) -> np.ndarray:
@@ -93,15 +109,7 @@ def _read_png16(path: Path, width: int, height: int, ctype: int, interlace: int)
     """Decode a 16-bit RGB / RGBA / gray+alpha PNG to float32 ``[H, W, C]`` in [0, 1]."""
     if interlace:
         raise ValueError(f"{path}: interlaced 16-bit colour PNGs are not supported; re-save without interlacing")
-    blob = path.read_bytes()
-    pos, idat = 8, []
-    while pos + 8 <= len(blob):
-        length, kind = struct.unpack(">I4s", blob[pos : pos + 8])
-        if kind == b"IDAT":
-            idat.append(blob[pos + 8 : pos + 8 + length])
-        elif kind == b"IEND":
-            break
-        pos += 12 + length
+    idat = [payload for kind, payload in _png_chunks(path.read_bytes()) if kind == b"IDAT"]
     channels = _PNG16_CHANNELS[ctype]
     bpp = 2 * channels
     row_bytes = width * bpp
@@ -191,6 +199,60 @@ def image_info(path: PathLike) -> ImageInfo:
     except _PIL_ERRORS as exc:
         raise _unreadable(path, exc) from exc
     return ImageInfo(image_format, gray=mode in _PIL_GRAY_MODES, bit_depth=16 if mode in _PIL_16BIT_MODES else 8)
+
+
+def image_size(path: PathLike) -> Tuple[int, int]:
+    """``(height, width)`` of the image at ``path``, from its header (no pixels are decoded).
+
+    Raises ``FileNotFoundError`` / ``ValueError`` naming ``path`` for missing or unreadable files.
+    """
+    path = _image_file(path)
+    header = _png_header(path)
+    if header is not None:
+        return header[1], header[0]
+    try:
+        with Image.open(path) as img:
+            width, height = img.size
+    except _PIL_ERRORS as exc:
+        raise _unreadable(path, exc) from exc
+    return height, width
+
+
+def _png_rgb8_rows(path: Path, rows: int) -> Optional[np.ndarray]:
+    """The first ``rows`` rows of an 8-bit RGB, non-interlaced, opaque PNG as uint8 ``[rows, W, 3]``
+    (only those rows are inflated and un-filtered, by Pillow's PNG decoder); None for other images."""
+    header = _png_header(path)
+    if header is None or header[2:] != (8, 2, 0):  # bit depth 8, colour type 2 (RGB), not interlaced
+        return None
+    blob = path.read_bytes()
+    chunks = list(_png_chunks(blob))
+    if any(kind == b"tRNS" for kind, _ in chunks):  # a transparent colour: read_image composites it
+        return None
+    data = b"".join(payload for kind, payload in chunks if kind == b"IDAT")
+    try:
+        img = Image.frombytes("RGB", (header[0], rows), data, "zip", "RGB")
+    except _PIL_ERRORS as exc:
+        raise _unreadable(path, exc) from exc
+    return np.asarray(img)
+
+
+def read_image_window(path: PathLike, top: int, bottom: int, left: int, right: int) -> torch.Tensor:
+    """``read_image(path)[:, top:bottom, left:right]`` (float32 ``[3, bottom - top, right - left]``).
+
+    PNG rows form one compressed stream, so the rows below ``bottom`` need not be decoded: for 8-bit
+    RGB PNGs only rows ``0:bottom`` are, and only the window is converted to float (equal values:
+    ``k / 255`` in float32 either way). Other images are read whole and cropped.
+    """
+    path = _image_file(path)
+    height, width = image_size(path)
+    if not (0 <= top < bottom <= height and 0 <= left < right <= width):
+        raise ValueError(f"{path}: window rows {top}:{bottom}, columns {left}:{right} is outside the "
+                         f"{height}x{width} image")
+    rows = _png_rgb8_rows(path, bottom)
+    if rows is None:
+        return read_image(path)[:, top:bottom, left:right].contiguous()
+    window = torch.from_numpy(np.ascontiguousarray(rows[top:bottom, left:right].transpose(2, 0, 1)))
+    return window.float().div_(255.0)
 
 
 def _split(arr: np.ndarray) -> Tuple[np.ndarray, Optional[np.ndarray]]:

@@ -16,8 +16,9 @@ weights file `dlsn eval --checkpoint` reads, with `best: {iteration, psnr, bench
 the latest checkpoints; the best record travels in the training checkpoints, so a resumed run
 keeps the same best. Speed: after the first iterations the measured time per iteration gives an
 estimate of the whole schedule's wall time, printed and written to `log.out_dir/train.log`; each
-`log.log_every` iterations a progress line with the ETA follows (printed when the progress bar is
-off, always logged).
+`log.log_every` iterations a progress line with the ETA and the share of the step time spent
+waiting for data (`data 12%`: near 100% means the data loader is the bottleneck) follows (printed
+when the progress bar is off, always logged).
 
 Multi-GPU: launch with `torchrun --nproc_per_node G -m dlsn train ...`. Each rank reads its share of
 the images (`DistributedSampler`), only rank 0 writes logs and checkpoints. The published model's
@@ -54,7 +55,7 @@ from tqdm import tqdm
 from ..models import build_model, load_state_dict_strict
 from . import checkpoint as ckpt
 from .config import Config, config_to_dict, load_config
-from .data import PatchPairs, TrainPairs, benchmark_pairs
+from .data import PatchPairs, TimedBatches, benchmark_pairs, loader_workers, training_pairs
 from .inference import upscale_tensor
 from .metrics import calc_psnr
 from .progress import format_duration
@@ -65,6 +66,8 @@ __all__ = ["train", "Trainer", "SampleStream", "validate", "TrainingInterrupted"
 
 # Iterations timed for the start-of-training estimate (after one warm-up iteration).
 ESTIMATE_ITERATIONS = 20
+# Batches each DataLoader worker prepares ahead (torch's default is 2): covers a slow image.
+PREFETCH_FACTOR = 4
 
 
 class SampleStream(torch.utils.data.Sampler):
@@ -98,9 +101,10 @@ class SampleStream(torch.utils.data.Sampler):
 
 def _training_pairs(cfg: Config):
     if not cfg.data.train_dir:
-        raise ValueError("data.train_dir is not set: give a DIV2K-layout folder, e.g. data.train_dir=/data/DIV2K")
-    return TrainPairs(cfg.data.train_dir, scale=cfg.model.scale, degradation=cfg.data.degradation,
-                      noise_level=cfg.data.noise_level, seed=cfg.train.seed)
+        raise ValueError("data.train_dir is not set: give a DIV2K-layout folder, e.g. data.train_dir=/data/DIV2K, "
+                         "or a dataset made from one by dlsn prepare")
+    return training_pairs(cfg.data.train_dir, scale=cfg.model.scale, degradation=cfg.data.degradation,
+                          noise_level=cfg.data.noise_level, seed=cfg.train.seed)
 
 
 def _validation_pairs(cfg: Config):
@@ -234,6 +238,12 @@ class _RunReport:
         self.print_progress = self.bar is None and not quiet
         self.timed_from = None  # (iteration, time) after the warm-up iteration
         self.started = time.time()
+        self.waited = self.stepped = 0.0  # seconds waiting for batches / in whole steps since the last line
+
+    def data_time(self, waited, stepped):
+        """Account a step that took `stepped` seconds, `waited` of them waiting for its batch."""
+        self.waited += waited
+        self.stepped += stepped
 
     def step_done(self, iteration, loss, lr, val_psnr=None):
         """Report the step that reached `iteration`; `val_psnr` when it was validated."""
@@ -264,7 +274,10 @@ class _RunReport:
                       f"run: {format_duration(per_iteration * (end - iteration))} (validation and checkpoints "
                       "not included)")
         if self.cfg.log.log_every and iteration % self.cfg.log.log_every == 0:
-            self.text(f"iteration {iteration}/{total} loss {loss:.4f} lr {lr:.2e} {per_iteration:.3f} s/it "
+            # The share of the steps spent waiting for data: near 100% means the loader is the bottleneck.
+            data = f"data {100 * self.waited / self.stepped:.0f}% " if self.stepped else ""
+            self.waited = self.stepped = 0.0
+            self.text(f"iteration {iteration}/{total} loss {loss:.4f} lr {lr:.2e} {per_iteration:.3f} s/it {data}"
                       f"elapsed {format_duration(now - self.started)} "
                       f"ETA {format_duration(per_iteration * (end - iteration))}", echo=self.print_progress)
 
@@ -362,10 +375,15 @@ class Trainer:
         patches = PatchPairs(train_pairs, cfg.model.scale, cfg.data.patch_size, cfg.data.augment, cfg.model.rgb_range)
         stream = SampleStream(len(train_pairs), cfg.data.batch_size, seed=cfg.train.seed, rank=self.rank,
                               world_size=self.world, consumed=self.consumed)
+        # The CPUs are shared by the processes of this machine (torchrun's LOCAL_WORLD_SIZE), not of the job.
+        workers = loader_workers(cfg.data.num_workers, int(os.environ.get("LOCAL_WORLD_SIZE", self.world)))
+        cuda = self.device.type == "cuda"
         # A private generator: the DataLoader otherwise draws its worker seed from the global RNG.
-        self.loader = DataLoader(patches, batch_sampler=stream, num_workers=cfg.data.num_workers,
-                                 pin_memory=self.device.type == "cuda",
-                                 generator=torch.Generator().manual_seed(cfg.train.seed), persistent_workers=False)
+        # Pinned memory lets the copy to the GPU overlap the step; workers that persist keep their
+        # open images and memory maps across the loader's iterators.
+        extra = dict(persistent_workers=cuda, prefetch_factor=PREFETCH_FACTOR) if workers else {}
+        self.loader = DataLoader(patches, batch_sampler=stream, num_workers=workers, pin_memory=cuda,
+                                 generator=torch.Generator().manual_seed(cfg.train.seed), **extra)
 
     def run(self, end: int, step_callback=None):
         """Train up to iteration `end`: a `step` per iteration, with validation, logs and checkpoints
@@ -379,9 +397,12 @@ class Trainer:
         try:
             with _deferred_ctrl_c() as pressed:
                 self.net.train()
-                batches = iter(self.loader)
+                batches = TimedBatches(self.loader)
                 while self.iteration < end:
+                    started = time.perf_counter()
                     self.step(*next(batches))
+                    if self.report is not None:
+                        self.report.data_time(batches.wait, time.perf_counter() - started)
                     self._after_step(end)
                     if step_callback is not None:
                         step_callback(self.iteration)
