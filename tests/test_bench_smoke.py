@@ -2,6 +2,7 @@
 writes a CSV with the documented columns and a row per provider, plus a markdown summary."""
 import csv
 import os
+import shutil
 import subprocess
 import sys
 
@@ -38,6 +39,7 @@ def run_smoke(script, out):
     result = subprocess.run([sys.executable, os.path.join(BENCH, f"{script}.py"), "--smoke", "--out", str(out),
                              "--run-id", "smoke"], capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    assert "Warning" not in result.stderr, result.stderr[-4000:]  # e.g. a deprecated torch argument
     return result
 
 
@@ -86,3 +88,16 @@ def test_precision_modes_emulation_orders_the_modes(capsys):
     for errors in (forward, gradient):
         assert errors["tf32"] > 10 * errors["tf32x3"] and errors["tf32"] > 10 * errors["ieee"]
         assert errors["ieee"] < 1e-5 and errors["tf32x3"] < 1e-5
+
+
+@pytest.mark.skipif(shutil.which("git") is None or not os.path.exists(os.path.join(ROOT, ".git")),
+                    reason="needs git and a git checkout")
+def test_generated_results_are_ignored_by_git():
+    """A run's default results folder leaves the tree clean; the committed compile tables stay tracked."""
+    import harness
+
+    def ignored(path):
+        return subprocess.run(["git", "check-ignore", "-q", os.path.relpath(path, ROOT)], cwd=ROOT).returncode == 0
+
+    assert ignored(os.path.join(harness.default_out(harness.default_run_id()), "summary.md"))
+    assert not ignored(os.path.join(BENCH, "results", "compile", "triton-3.9.0.md"))
