@@ -101,3 +101,14 @@ def test_generated_results_are_ignored_by_git():
 
     assert ignored(os.path.join(harness.default_out(harness.default_run_id()), "summary.md"))
     assert not ignored(os.path.join(BENCH, "results", "compile", "triton-3.9.0.md"))
+
+
+def test_upscale_tiles_smoke():
+    """bench/upscale_tiles.py (the measurement behind --tile auto's sizes) runs: one row per --tile value."""
+    pytest.importorskip("skimage")
+    result = subprocess.run([sys.executable, os.path.join(BENCH, "upscale_tiles.py"), "--smoke"], capture_output=True,
+                            text=True, cwd=ROOT, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| 16 |") or line.startswith("| 0 |")]
+    assert len(rows) == 2 and "whole image" in rows[1] and "Warning" not in result.stderr, result.stdout
+    assert all(float(row.split("|")[5]) > 0 for row in rows)  # CPU seconds measured
