@@ -10,8 +10,11 @@ Providers (the whole layer: embeddings + attention core, fixed eval rotations):
 - flex: `layer.embed`, reference hash + sort, then `torch.nn.attention.flex_attention` on the sorted
   sequences (heads = rounds), a block mask for the 3-chunk window, a `score_mod` adding
   `learned[key, query slot in chunk]` (and log multiplicity of duplicated chunks when nC < 3), `scale=1`,
-  `return_lse`, then the reference round merge. Compiled with `torch.compile` on CUDA.
+  the log-sum-exp (`return_aux`, or `return_lse` on older torch), then the reference round merge. Compiled with `torch.compile` on CUDA.
 """
+import inspect
+import warnings
+
 import harness
 import torch
 
@@ -43,8 +46,25 @@ class FlexCore:
     def __init__(self, device, compiled=True):
         from torch.nn.attention.flex_attention import flex_attention
         compiled = compiled and device.type == "cuda"  # compiled flex on CPU has no return_lse
+        self.compiled = compiled
         self.attend = torch.compile(flex_attention, dynamic=False) if compiled else flex_attention
+        # A torch whose flex_attention takes `return_aux` deprecates `return_lse` (a FutureWarning on
+        # every smoke run); older versions have only `return_lse`.
+        self.aux_request = None
+        if "return_aux" in inspect.signature(flex_attention).parameters:
+            from torch.nn.attention.flex_attention import AuxRequest
+            self.aux_request = AuxRequest(lse=True)
         self.masks = {}
+
+    def _attend_with_lse(self, *args, **kwargs):
+        """flex_attention's output and log-sum-exp, asked for as the installed torch wants it."""
+        with warnings.catch_warnings():
+            if not self.compiled:  # uncompiled on purpose (CPU); main() notes it once in the results
+                warnings.filterwarnings("ignore", message="flex_attention called without torch.compile")
+            if self.aux_request is None:
+                return self.attend(*args, **kwargs, return_lse=True)
+            out, aux = self.attend(*args, **kwargs, return_aux=self.aux_request)
+        return out, aux.lse
 
     def window(self, padded, chunk, device):
         """BlockMask of the 3-chunk window, built from block indices (block = chunk; every window
@@ -87,7 +107,7 @@ class FlexCore:
             return (score + f_s[b, h, kv_idx, q_idx % chunk]
                     + log_mult[(kv_idx // chunk - q_idx // chunk) % n_chunks])
 
-        out, lse = self.attend(q_s, k_s, v_s, score_mod=score_mod, block_mask=block, scale=1.0, return_lse=True)  # return_aux is absent in torch 2.11
+        out, lse = self._attend_with_lse(q_s, k_s, v_s, score_mod=score_mod, block_mask=block, scale=1.0)
         merged, _ = reference.scatter_back(out[:, :, :length], lse[:, :, :length].float(), inv)
         n, channels, height, width = x.shape
         return merged.to(v.dtype).transpose(1, 2).reshape(n, channels, height, width) * res_scale + x
@@ -135,6 +155,9 @@ def main(argv=None):
         cases = [("train", 16, 48, 48, True)] + [("infer", 1, s, s, False) for s in (64, 128, 256, 512)]
     flex_ok, flex_reason = flex_available()
     flex = FlexCore(device) if flex_ok else None
+    if flex is not None and not flex.compiled:
+        recorder.notes.append("flex on the CPU runs uncompiled: torch's unfused implementation, which "
+                              "materialises the whole score matrix.")
     if flex_ok:
         try:
             check_flex(device, recorder)

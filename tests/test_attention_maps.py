@@ -1,4 +1,5 @@
 """Attention maps (dlsn.sr.attention_maps): weights equal what the GLA forward uses; `dlsn attention` CLI."""
+import numpy as np
 import pytest
 import torch
 
@@ -6,6 +7,7 @@ from dlsn import DLSN, GLA
 from dlsn.ops import reference
 from dlsn.nn.hashing import sblsh_rotations
 from dlsn.nn import gla_layers
+from dlsn.sr import attention_maps
 from dlsn.sr.attention_maps import attention_weights, capture_gla_inputs, texture_queries
 from dlsn.sr.checkpoint import save_weights
 from dlsn.sr.cli import main
@@ -135,9 +137,17 @@ def test_cli_draws_a_query_with_and_without_the_learned_term(checkpoint_and_imag
     printed = capsys.readouterr().out
     assert printed.count("layer 1 query 3,4") == 2 and "dot product only" in printed
     with Image.open(out) as sheet:
-        # two 300-pixel panels (the 14x12 image zoomed 8x, titles) side by side, one row per query
-        assert sheet.size == (2 * 300 + 8, 2 * (12 * 8 + 30) + 8)
+        # two 300-pixel panels (the 14x12 image zoomed 8x, titles) side by side, one row per query,
+        # then the legend of the colour scale
+        maps_height = 2 * (12 * 8 + 30) + 8
+        assert sheet.size == (2 * 300 + 8, maps_height + 8 + 66)
         assert sheet.mode == "RGB"
+        pixels = np.asarray(sheet).astype(int)
+    top, height = attention_maps._LEGEND_BAR
+    bar = pixels[maps_height + 8 + top + height // 2, 20:20 + 480]
+    ends = attention_maps._heat_colors(torch.tensor([[0.0, 1.0]]))[:, 0].T.mul(255).round().int().numpy()
+    assert np.abs(bar[[0, -1]] - ends).max() <= 1  # no weight on the left, the largest on the right
+    assert np.abs(np.diff(bar, axis=0)).max() < 20  # a continuous scale
 
 
 def test_cli_all_layers_with_automatic_queries(checkpoint_and_image, tmp_path, capsys):

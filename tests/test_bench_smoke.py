@@ -2,6 +2,7 @@
 writes a CSV with the documented columns and a row per provider, plus a markdown summary."""
 import csv
 import os
+import shutil
 import subprocess
 import sys
 
@@ -38,6 +39,7 @@ def run_smoke(script, out):
     result = subprocess.run([sys.executable, os.path.join(BENCH, f"{script}.py"), "--smoke", "--out", str(out),
                              "--run-id", "smoke"], capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    assert "Warning" not in result.stderr, result.stderr[-4000:]  # e.g. a deprecated torch argument
     return result
 
 
@@ -104,3 +106,27 @@ def test_bench_data_smoke(tmp_path):
     assert all(r["status"] == "ok" and float(r["ms"]) > 0 and r["timer"] == "cpu-process_time" for r in rows)
     markdown = (tmp_path / "bench_data.md").read_text()
     assert markdown.count("| patch8-x") == 12 and "8298720128 bytes" in markdown  # 800 x 2040x1356 at x2, exact
+
+
+@pytest.mark.skipif(shutil.which("git") is None or not os.path.exists(os.path.join(ROOT, ".git")),
+                    reason="needs git and a git checkout")
+def test_generated_results_are_ignored_by_git():
+    """A run's default results folder leaves the tree clean; the committed compile tables stay tracked."""
+    import harness
+
+    def ignored(path):
+        return subprocess.run(["git", "check-ignore", "-q", os.path.relpath(path, ROOT)], cwd=ROOT).returncode == 0
+
+    assert ignored(os.path.join(harness.default_out(harness.default_run_id()), "summary.md"))
+    assert not ignored(os.path.join(BENCH, "results", "compile", "triton-3.9.0.md"))
+
+
+def test_upscale_tiles_smoke():
+    """bench/upscale_tiles.py (the measurement behind --tile auto's sizes) runs: one row per --tile value."""
+    pytest.importorskip("skimage")
+    result = subprocess.run([sys.executable, os.path.join(BENCH, "upscale_tiles.py"), "--smoke"], capture_output=True,
+                            text=True, cwd=ROOT, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| 16 |") or line.startswith("| 0 |")]
+    assert len(rows) == 2 and "whole image" in rows[1] and "Warning" not in result.stderr, result.stdout
+    assert all(float(row.split("|")[5]) > 0 for row in rows)  # CPU seconds measured

@@ -115,8 +115,17 @@ def test_resume_rejects_published_weights(tmp_path, pairs):
     train(tiny_config(tmp_path), pairs=pairs, quiet=True)
     with pytest.raises(ckpt.CheckpointError, match="not a dlsn training checkpoint"):
         train(tiny_config(tmp_path), pairs=pairs, resume=tmp_path / "model.pt", quiet=True)
-    with pytest.raises(FileNotFoundError, match="no checkpoint under"):
-        train(tiny_config(tmp_path / "empty"), pairs=pairs, resume="auto", quiet=True)
+
+
+def test_resume_auto_without_a_checkpoint_starts_afresh(tmp_path, pairs, capsys):
+    """A requeued job passes --resume auto from its first launch on: with nothing to resume it is the
+    fresh run, said in one line."""
+    train(tiny_config(tmp_path / "fresh"), pairs=pairs, quiet=True)
+    result = train(tiny_config(tmp_path / "auto"), pairs=pairs, resume="auto")
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0] == f"--resume auto: no checkpoint in {tmp_path / 'auto' / 'checkpoints'} yet: starting a fresh run"
+    assert result["iteration"] == 6
+    assert_states_equal(final_state(tmp_path / "fresh"), final_state(tmp_path / "auto"))
 
 
 def test_images_smaller_than_the_patch(tmp_path):

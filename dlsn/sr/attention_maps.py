@@ -18,7 +18,8 @@ either alone); `learned_term=False` removes the learnable similarity: the scores
 alone, with the same buckets (hashing uses the queries only, so the windows do not change).
 
 `dlsn attention` (`run`) draws them: the LR image with each query marked, its top-k
-attended positions and a heat map, with and without the learnable term, side by side.
+attended positions and a heat map, with and without the learnable term, side by side, above a
+legend of the colour scale.
 """
 from __future__ import annotations
 
@@ -34,8 +35,9 @@ from ..nn import GLA, gla_layers
 from ..ops import reference
 from .checkpoint import load_model
 from .imageio import read_image
+from .utils import label_font
 
-__all__ = ["attention_weights", "capture_gla_inputs", "texture_queries", "add_arguments", "run"]
+__all__ = ["attention_weights", "capture_gla_inputs", "texture_queries", "add_arguments", "run", "LEGEND_TICKS"]
 
 
 def _query_index(queries, length, device):
@@ -216,6 +218,30 @@ def _panel(image, weights, query, top_k, zoom, title):
     return canvas
 
 
+LEGEND_TICKS = (0.0, 0.01, 0.1, 0.25, 0.5, 1.0)  # weight / the query's largest weight
+_LEGEND_BAR = (14, 16)  # (top, height) of the colour bar in the legend, pixels
+
+
+def _legend(width):
+    """The colour scale under the sheet: the heat colours from no weight to the query's largest weight
+    (square-root scaled, as the panels draw them), ticks at `LEGEND_TICKS`, and the marks' meaning."""
+    bar_width = min(width - 40, 480)
+    legend = Image.new("RGB", (width, 66), "white")
+    draw, font = ImageDraw.Draw(legend), label_font(12)
+    draw.text((20, 0), "attention weight / the query's largest weight (colour: square root)", fill="black", font=font)
+    heat = torch.linspace(0, 1, bar_width).sqrt().expand(_LEGEND_BAR[1], -1)
+    colours = _heat_colors(heat).mul(255).round().byte().permute(1, 2, 0).numpy()
+    top = _LEGEND_BAR[0]
+    legend.paste(Image.fromarray(colours), (20, top))
+    for tick in LEGEND_TICKS:
+        x = 20 + round(math.sqrt(tick) * (bar_width - 1))
+        draw.line([x, top + _LEGEND_BAR[1], x, top + _LEGEND_BAR[1] + 3], fill="black")
+        draw.text((x - 6, top + _LEGEND_BAR[1] + 4), f"{tick:g}", fill="black", font=font)
+    draw.text((20, top + _LEGEND_BAR[1] + 20), "cyan cross: the query; green squares: its top-k attended positions",
+              fill="black", font=font)
+    return legend
+
+
 def _top_summary(grid_weights, width, query, top_k):
     values, flat = torch.topk(grid_weights, min(top_k, grid_weights.numel()))
     ys, xs = flat // width, flat % width
@@ -286,10 +312,13 @@ def run(args) -> int:
 
     gap = 8
     panel_w, panel_h = rows[0][0].size
-    sheet = Image.new("RGB", (2 * panel_w + gap, len(rows) * panel_h + (len(rows) - 1) * gap), "white")
+    legend = _legend(2 * panel_w + gap)
+    height = len(rows) * panel_h + (len(rows) - 1) * gap
+    sheet = Image.new("RGB", (2 * panel_w + gap, height + gap + legend.height), "white")
     for r, panels in enumerate(rows):
         for c, panel in enumerate(panels):
             sheet.paste(panel, (c * (panel_w + gap), r * (panel_h + gap)))
+    sheet.paste(legend, (0, height + gap))
     args.output.parent.mkdir(parents=True, exist_ok=True)
     sheet.save(args.output)
     print(f"wrote {args.output} ({len(rows)} row(s): layer x query; left with the learnable term, right without; "

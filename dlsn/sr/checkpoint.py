@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import random
 import re
+import warnings
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -40,13 +42,33 @@ def _unreadable(path, why):
     return CheckpointError(f"{path}: not a readable dlsn checkpoint or weights file: {why}")
 
 
-def _load_failure_reason(exc) -> str:
+def _pickle_protocol(path) -> int:
+    """The pickle protocol of a torch file (its `data.pkl` in the zip format, else the file itself);
+    0 when unknown."""
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                name = next(n for n in archive.namelist() if n.endswith("data.pkl"))
+                head = archive.open(name).read(2)
+        else:
+            with open(path, "rb") as handle:
+                head = handle.read(2)
+    except (OSError, StopIteration, zipfile.BadZipFile):
+        return 0
+    return head[1] if len(head) == 2 and head[0] == 0x80 else 0
+
+
+def _load_failure_reason(exc, path) -> str:
     """Why torch.load failed, in one line of our own (torch's text suggests disabling safe loading)."""
     text = str(exc)
     if isinstance(exc, EOFError):
         return "the file ends before its data does (truncated?)"
     if "central directory" in text or "zip archive" in text:
         return "the file is truncated or corrupt (its zip archive is incomplete)"
+    protocol = _pickle_protocol(path)
+    if "Unsupported operand" in text and protocol > 2:
+        return (f"it was pickled with protocol {protocol}, which safe loading (torch.load with weights_only=True, "
+                "running no code from the file) cannot read: re-save the weights with torch.save's default protocol")
     unsafe = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
     if unsafe:
         return (f"it stores Python objects ({unsafe.group(1)}) besides tensors; dlsn reads checkpoints "
@@ -56,14 +78,32 @@ def _load_failure_reason(exc) -> str:
     return f"not a PyTorch file ({type(exc).__name__}: {text.splitlines()[0] if text else 'no details'})"
 
 
+_CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".safetensors")
+
+
+def _folder_error(folder: Path) -> CheckpointError:
+    """The error for a folder given as a checkpoint: the checkpoint files in it (a training run's
+    `model.pt`, `best.pt` and latest `checkpoints/iter_*.pt`, or any weights file), to pick from."""
+    found = sorted(p.name for p in folder.iterdir() if p.is_file() and p.suffix in _CHECKPOINT_SUFFIXES)
+    found += [str(p.relative_to(folder)) for p in sorted((folder / "checkpoints").glob("iter_*.pt"))[-1:]]
+    if not found:
+        return CheckpointError(f"checkpoint {str(folder)!r} is a folder, not a file, and holds no checkpoint "
+                               f"({', '.join('*' + s for s in _CHECKPOINT_SUFFIXES)})")
+    return CheckpointError(f"checkpoint {str(folder)!r} is a folder, not a file; it holds {', '.join(found)}: "
+                           f"give one of them, e.g. {folder / found[0]}")
+
+
 def read_checkpoint(path, map_location="cpu"):
     """The object stored at `path` (a torch file or `.safetensors`).
 
     Unreadable files raise `CheckpointError("PATH: not a readable dlsn checkpoint or weights file:
-    reason")` on one line. Files are read with `torch.load(weights_only=True)`: tensors and plain
-    containers only, never code from the file.
+    reason")` on one line; a folder raises a `CheckpointError` naming the checkpoint files in it.
+    Files are read with `torch.load(weights_only=True)`: tensors and plain containers only, never
+    code from the file.
     """
     path = Path(path)
+    if path.is_dir():
+        raise _folder_error(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {str(path)!r} not found")
     if path.stat().st_size == 0:
@@ -82,9 +122,13 @@ def read_checkpoint(path, map_location="cpu"):
             model["chunk_size"] = int(metadata["chunk_size"])
         return {"params": tensors, "config": {"model": model}}
     try:
-        return torch.load(str(path), map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():
+            # torch warns of any pickle protocol above 2 before it tries to read the file: the load
+            # works, or the one line of `_unreadable` says why not (the protocol included).
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            return torch.load(str(path), map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises several types for truncated/corrupt/foreign files
-        raise _unreadable(path, _load_failure_reason(exc)) from None
+        raise _unreadable(path, _load_failure_reason(exc, path)) from None
 
 
 def _model_state(obj, prefer_ema=True):

@@ -6,11 +6,14 @@ such as `lr_milestones` for `milestones` would otherwise silently train with the
 
 Overrides are `section.key=value` strings, parsed as YAML scalars/lists and checked against the
 field's type: `train.lr=2e-4`, `train.milestones=[100,200]`, `train.amp=bf16`, `data.val_dir=null`.
+A shortened or lengthened schedule keeps its shape: `train.iterations=N` without `train.milestones`
+moves the milestones to the same fractions of N (and says so on stderr).
 """
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import sys
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +27,8 @@ from .data import parse_num_workers
 from .degradations import DEGRADATIONS
 
 __all__ = ["ModelConfig", "DataConfig", "TrainConfig", "LogConfig", "Config", "ConfigError",
-           "load_config", "apply_overrides", "config_from_dict", "config_to_dict", "packaged_config"]
+           "load_config", "apply_overrides", "config_from_dict", "config_to_dict", "packaged_config", "packaged_names",
+           "scaled_milestones"]
 
 
 class ConfigError(ValueError):
@@ -213,7 +217,8 @@ def _validate(cfg: Config) -> Config:
     past = [m for m in cfg.train.milestones if m > cfg.train.iterations or m < 1]
     if past:
         raise ConfigError(f"train.milestones {past} lie outside the schedule of train.iterations="
-                          f"{cfg.train.iterations} iterations")
+                          f"{cfg.train.iterations} iterations (an override of train.iterations alone scales the "
+                          "config's milestones with it)")
     if cfg.data.noise_level < 0:
         raise ConfigError(f"data.noise_level must be >= 0, got {cfg.data.noise_level}")
     for where, value in (("data.patch_size", cfg.data.patch_size), ("data.batch_size", cfg.data.batch_size),
@@ -256,9 +261,31 @@ def config_to_dict(cfg: Config) -> dict:
     return dataclasses.asdict(cfg)
 
 
+def scaled_milestones(milestones, iterations: int, new_iterations: int) -> List[int]:
+    """The `milestones` of a schedule of `iterations` moved to the same fractions of `new_iterations`
+    (each at least 1; milestones that fall together are merged)."""
+    return sorted({max(1, round(m * new_iterations / iterations)) for m in milestones})
+
+
+def _scale_schedule(raw, iterations, given):
+    """A `train.iterations` override without `train.milestones` keeps the schedule's shape: the
+    milestones scale with it (as `dlsn demo --iters` does), said in one line on stderr."""
+    new, old = raw["train"]["iterations"], raw["train"]["milestones"]
+    if "train.iterations" not in given or "train.milestones" in given or not old:
+        return
+    if type(new) is not int or new <= 0 or new == iterations:  # a bad value is _validate's to report
+        return
+    raw["train"]["milestones"] = scaled_milestones(old, iterations, new)
+    print(f"note: train.milestones {old} scaled with train.iterations {iterations} -> {new}: "
+          f"{raw['train']['milestones']} (give train.milestones=[...] to choose them)", file=sys.stderr)
+
+
 def apply_overrides(cfg: Config, overrides) -> Config:
-    """`cfg` with `section.key=value` overrides applied (values parsed as YAML, then type-checked)."""
+    """`cfg` with `section.key=value` overrides applied (values parsed as YAML, then type-checked).
+
+    A `train.iterations` override without `train.milestones` scales the milestones with it."""
     raw = config_to_dict(cfg)
+    given = set()
     for item in overrides or ():
         if "=" not in item:
             raise ConfigError(f"override {item!r}: expected section.key=value, e.g. train.lr=2e-4")
@@ -276,6 +303,8 @@ def apply_overrides(cfg: Config, overrides) -> Config:
         except yaml.YAMLError as exc:
             raise ConfigError(f"override {item!r}: cannot parse the value: {exc}") from None
         raw[section][key] = value
+        given.add(f"{section}.{key}")
+    _scale_schedule(raw, cfg.train.iterations, given)
     return config_from_dict(raw, source="overrides")
 
 
@@ -285,7 +314,7 @@ def load_config(path, overrides=()) -> Config:
     if not path.is_file() and packaged_config(str(path)).exists():
         path = packaged_config(str(path))
     if not path.is_file():
-        raise ConfigError(f"config file {str(path)!r} not found (packaged configs: {', '.join(_packaged_names())})")
+        raise ConfigError(f"config file {str(path)!r} not found (packaged configs: {', '.join(packaged_names())})")
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
@@ -299,5 +328,5 @@ def packaged_config(name: str) -> Path:
     return Path(__file__).resolve().parent / "configs" / name
 
 
-def _packaged_names():
+def packaged_names():
     return sorted(p.stem for p in (Path(__file__).resolve().parent / "configs").glob("*.yaml"))

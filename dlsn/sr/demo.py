@@ -1,10 +1,13 @@
 """`dlsn demo`: train a small DLSN on a CPU in minutes and show it beat bicubic on unseen photographs.
 
-The photographs ship with scikit-image (`skimage.data`, no download). Training uses all but the
+The photographs ship with scikit-image (`dlsn.sr.photos`, no download). Training uses all but the
 held-out ones (grayscale photographs are replicated to RGB); LR images are made by MATLAB-compatible
 bicubic x2 downscaling (BI). The demo prints Y-PSNR/SSIM of bicubic and DLSN on the held-out
-images (and on a benchmark folder given with `--data`), writes `side_by_side.png` (bicubic | DLSN |
-ground truth crops), `results.json`, the training log and the weights into `--out`.
+images (and on a benchmark folder given with `--data`), and writes into `--out`: `side_by_side.png`
+(bicubic | DLSN | ground truth crops, each labelled with its method and Y-PSNR), `results.json`, the
+training log, the weights (`model.pt`) and the held-out photographs as a benchmark folder
+(`held_out/HR`, `held_out/LR_bicubic/X2`), so that `dlsn eval`, `dlsn upscale` and `dlsn attention`
+can be tried on them at once.
 
 Exit status: 0 when DLSN beats bicubic by at least `GAIN_TARGET_DB` mean Y-PSNR on the held-out
 images, 1 otherwise, 2 for bad arguments.
@@ -18,40 +21,23 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from .config import apply_overrides, load_config
-from .data import ImagePairs, benchmark_pairs
+from .data import benchmark_pairs
+from .imageio import write_image
 from .imresize import imresize
 from .inference import upscale_tensor
 from .metrics import calc_psnr, calc_ssim
+from .photos import HELD_OUT_PHOTOS, TRAIN_PHOTOS, photograph_pairs, photographs
 from .train import train
+from .utils import label_font
 
-__all__ = ["add_arguments", "run", "photographs", "TRAIN_PHOTOS", "HELD_OUT_PHOTOS", "GAIN_TARGET_DB"]
+__all__ = ["add_arguments", "run", "photographs", "TRAIN_PHOTOS", "HELD_OUT_PHOTOS", "GAIN_TARGET_DB",
+           "side_by_side_labels"]
 
 GAIN_TARGET_DB = 0.5
 SCALE = 2
-# Photographs in skimage.data (synthetic images, and `cat`, a copy of `chelsea`, are left out).
-TRAIN_PHOTOS = ("coffee", "rocket", "immunohistochemistry", "hubble_deep_field", "retina", "camera", "moon",
-                "page", "text", "clock", "coins", "grass", "gravel", "brick", "stereo_motorcycle")
-HELD_OUT_PHOTOS = ("astronaut", "chelsea")
-
-
-def photographs(names):
-    """`(name, image)` pairs: scikit-image's bundled images as float RGB tensors [3, H, W] in [0, 1]."""
-    try:
-        import skimage.data
-    except ImportError:
-        raise RuntimeError("the demo needs scikit-image for its bundled photographs: pip install scikit-image") from None
-    images = []
-    for name in names:
-        array = getattr(skimage.data, name)()
-        if isinstance(array, tuple):  # stereo pairs: the left view
-            array = array[0]
-        tensor = torch.from_numpy(np.ascontiguousarray(array)).float().div(255)
-        tensor = tensor.unsqueeze(0).expand(3, -1, -1) if tensor.dim() == 2 else tensor.permute(2, 0, 1)[:3]
-        images.append((name, tensor.contiguous()))
-    return images
 
 
 def add_arguments(parser: argparse.ArgumentParser):
@@ -92,8 +78,18 @@ def _print_table(title, rows):
     return mean
 
 
-def _side_by_side(outputs, path, crop=128, zoom=2):
-    """Centre crops of the first held-out image: bicubic | DLSN | ground truth, enlarged `zoom` times."""
+def side_by_side_labels(row):
+    """The captions of the side-by-side panels of one held-out image's scores `row`."""
+    return [f"bicubic, Y-PSNR {row['bicubic_psnr']:.2f} dB", f"DLSN, Y-PSNR {row['dlsn_psnr']:.2f} dB",
+            "ground truth (HR)"]
+
+
+LABEL_HEIGHT = 22  # pixels of the caption band above each panel
+
+
+def _side_by_side(outputs, row, path, crop=128, zoom=2):
+    """Centre crops of the first held-out image: bicubic | DLSN | ground truth, enlarged `zoom` times,
+    each under its caption (method and the whole image's Y-PSNR)."""
     bicubic, sr, hr = outputs
     h, w = hr.shape[-2:]
     size = min(crop, h, w)
@@ -105,7 +101,20 @@ def _side_by_side(outputs, path, crop=128, zoom=2):
     strip = torch.cat(tiles[:-1], dim=2).clamp(0, 1)
     strip = strip.repeat_interleave(zoom, dim=1).repeat_interleave(zoom, dim=2)
     array = strip.mul(255).round().byte().permute(1, 2, 0).numpy()
-    Image.fromarray(array).save(path)
+    sheet = Image.new("RGB", (array.shape[1], array.shape[0] + LABEL_HEIGHT), "white")
+    sheet.paste(Image.fromarray(array), (0, LABEL_HEIGHT))
+    draw, font = ImageDraw.Draw(sheet), label_font()
+    for index, label in enumerate(side_by_side_labels(row)):
+        draw.text((index * (size + 4) * zoom + 4, 3), label, fill="black", font=font)
+    sheet.save(path)
+
+
+def _write_held_out(pairs, out):
+    """The held-out photographs as a benchmark folder: `out/HR/<name>.png` and the LR inputs the
+    model saw, `out/LR_bicubic/X2/<name>x2.png` (8-bit, as made in memory)."""
+    for name, (lr, hr) in zip(pairs.names, pairs):
+        write_image(out / "HR" / f"{name}.png", hr)
+        write_image(out / "LR_bicubic" / f"X{SCALE}" / f"{name}x{SCALE}.png", lr)
 
 
 def run(args) -> int:
@@ -116,10 +125,7 @@ def run(args) -> int:
     if args.iters is not None:
         if args.iters <= 0:
             raise ValueError(f"--iters must be positive, got {args.iters}")
-        # Keep the schedule's shape: milestones scale with the iteration count.
-        ratio = args.iters / cfg.train.iterations
-        milestones = [max(1, round(m * ratio)) for m in cfg.train.milestones]
-        extra += [f"train.iterations={args.iters}", f"train.milestones={sorted(set(milestones))}"]
+        extra.append(f"train.iterations={args.iters}")  # the milestones scale with it (dlsn.sr.config)
     if args.device is not None:
         extra.append(f"train.device={args.device}")
     cfg = apply_overrides(cfg, extra)
@@ -130,10 +136,8 @@ def run(args) -> int:
 
     print(f"building the training set from {len(TRAIN_PHOTOS)} scikit-image photographs "
           f"(held out: {', '.join(HELD_OUT_PHOTOS)})")
-    names, images = zip(*photographs(TRAIN_PHOTOS))
-    train_pairs = ImagePairs(images, SCALE, names=names)
-    held_names, held_images = zip(*photographs(HELD_OUT_PHOTOS))
-    held_out = ImagePairs(held_images, SCALE, names=held_names)
+    train_pairs = photograph_pairs(TRAIN_PHOTOS, SCALE)
+    held_out = photograph_pairs(HELD_OUT_PHOTOS, SCALE)
     benchmark = benchmark_pairs(args.data, SCALE) if args.data is not None else None
 
     m = cfg.model
@@ -154,7 +158,8 @@ def run(args) -> int:
         report["benchmark_mean"] = _print_table(f"benchmark {args.data}", bench_rows)
 
     out = Path(cfg.log.out_dir)
-    _side_by_side(outputs[0], out / "side_by_side.png")
+    _side_by_side(outputs[0], rows[0], out / "side_by_side.png")
+    _write_held_out(held_out, out / "held_out")
     gain = mean["dlsn_psnr"] - mean["bicubic_psnr"]
     passed = gain >= GAIN_TARGET_DB
     report.update(gain_db=gain, target_db=GAIN_TARGET_DB, passed=passed, total_seconds=round(time.time() - started, 1))
@@ -162,5 +167,6 @@ def run(args) -> int:
     print(f"\nmean gain over bicubic on held-out photographs: {gain:+.2f} dB (target +{GAIN_TARGET_DB} dB): "
           f"{'PASSED' if passed else 'NOT MET'}")
     print(f"wrote {out / 'side_by_side.png'} (bicubic | DLSN | ground truth), {out / 'results.json'}, "
-          f"{out / 'model.pt'}; {report['total_seconds']:.0f} s in all")
+          f"{out / 'model.pt'} and the held-out photographs in {out / 'held_out'}; "
+          f"{report['total_seconds']:.0f} s in all")
     return 0 if passed else 1

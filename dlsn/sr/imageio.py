@@ -302,6 +302,19 @@ def _write_png16(path: Path, arr: np.ndarray) -> None:
     path.write_bytes(data)
 
 
+def _quantized(tensor: torch.Tensor, levels: int, dtype) -> np.ndarray:
+    """``round(clamp(tensor, 0, 1) * levels)`` as an ``[H, W, C]`` array of ``dtype``, computed in
+    float64 a band of rows at a time: a float64 copy of a whole large image would cost more memory
+    than the upscale's own output (``dlsn upscale --max-memory`` counts it)."""
+    channels, height, width = tensor.shape
+    out = np.empty((height, width, channels), dtype=dtype)
+    rows = max(1, 2 ** 20 // (width * channels))  # 8 MB of float64 per band
+    for top in range(0, height, rows):
+        band = tensor[:, top:top + rows].detach().to("cpu", torch.float64).clamp(0, 1).permute(1, 2, 0).numpy()
+        out[top:top + rows] = np.round(band * float(levels))
+    return out
+
+
 def write_image(path: PathLike, tensor: torch.Tensor, bit_depth: int = 8) -> None:
     """Write ``tensor`` (``[C, H, W]``, C in {1, 2, 3, 4}: gray, gray+alpha, RGB, RGBA; values in [0, 1],
     clamped and rounded) to ``path``.
@@ -322,12 +335,11 @@ def write_image(path: PathLike, tensor: torch.Tensor, bit_depth: int = 8) -> Non
     if tensor.shape[0] in (2, 4) and suffix in NO_ALPHA_EXTENSIONS:
         raise ValueError(f"write_image({path}): {suffix} has no alpha channel; write PNG or drop alpha")
     make_parent(path)
-    arr = tensor.detach().to("cpu", torch.float64).clamp(0, 1).permute(1, 2, 0).numpy()
     try:
         if bit_depth == 16:
-            _write_png16(path, np.round(arr * 65535.0).astype(np.uint16))
+            _write_png16(path, _quantized(tensor, 65535, np.uint16))
             return
-        arr8 = np.round(arr * 255.0).astype(np.uint8)
+        arr8 = _quantized(tensor, 255, np.uint8)
         img = Image.fromarray(arr8[..., 0] if arr8.shape[2] == 1 else arr8)
         kwargs = {"quality": 95} if suffix in (".jpg", ".jpeg") else {}
         try:

@@ -19,7 +19,8 @@ keep their colour.
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+import contextlib
+from typing import Callable, List, Optional
 
 import torch
 import torch.nn.functional as F
@@ -28,7 +29,7 @@ from torch import nn
 from .imresize import imresize
 
 __all__ = ["BicubicUpscaler", "upscale_tensor", "tiled_forward", "self_ensemble_forward", "count_tiles",
-           "DEFAULT_BORDER_PAD"]
+           "forward_stages", "counting_calls", "DEFAULT_BORDER_PAD"]
 
 # LR pixels of edge replication around the image in `dlsn upscale` (measured on the demo model:
 # 2 pixels remove most of the dark border, 4 and more all of it; 8 leaves room for deeper models).
@@ -45,6 +46,32 @@ class BicubicUpscaler(nn.Module):
 
     def forward(self, lr: torch.Tensor) -> torch.Tensor:
         return imresize(lr, scale=self.scale)
+
+
+def forward_stages(model) -> List[nn.Module]:
+    """The modules one forward of ``model`` runs in turn, for a progress display: ``head``, the blocks
+    of ``body`` (a composite block with a sequential ``body`` of its own, such as a DLSN group,
+    counts each of its blocks) and ``tail``. Empty for models without that layout (bicubic, FSRCNN)."""
+    body = getattr(model, "body", None)
+    if not isinstance(body, nn.Sequential):
+        return []
+    stages = []
+    for block in body:
+        inner = getattr(block, "body", None)
+        composite = isinstance(inner, nn.Sequential) and any(len(list(child.children())) for child in inner)
+        stages.extend(inner if composite else [block])
+    return [m for m in (getattr(model, "head", None), *stages, getattr(model, "tail", None)) if m is not None]
+
+
+@contextlib.contextmanager
+def counting_calls(modules, on_call: Callable[[], None]):
+    """Within: ``on_call()`` after every forward of each of ``modules`` (forward hooks, removed on exit)."""
+    handles = [module.register_forward_hook(lambda *_: on_call()) for module in modules]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def _tile_starts(length: int, tile: int):

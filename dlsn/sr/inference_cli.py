@@ -7,14 +7,16 @@ import argparse
 import sys
 from pathlib import Path
 
-from tqdm import tqdm
-
 from .checkpoint import load_model
 from .deploy import compile_for_inference, load_inference_model
-from .inference import BicubicUpscaler, count_tiles, upscale_tensor
-from .tiling import MEMORY_MARGIN, available_memory, format_size, parse_size, plan_tiles
+from .inference import BicubicUpscaler, count_tiles, counting_calls, forward_stages, upscale_tensor
+from .progress import progress
+from .tiling import (DEFAULT_MAX_TILE, DEFAULT_MAX_WHOLE, MEMORY_MARGIN, available_memory, format_size, parse_size,
+                     plan_tiles, process_memory, unmap_freed_memory)
 
-__all__ = ["add_inference_arguments", "set_memory_budget", "load_for_inference", "super_resolve"]
+__all__ = ["add_inference_arguments", "set_memory_budget", "load_for_inference", "super_resolve", "PROGRESS_DELAY"]
+
+PROGRESS_DELAY = 2.0  # seconds before progress shows: quicker runs show none
 
 
 def add_inference_arguments(parser):
@@ -26,14 +28,18 @@ def add_inference_arguments(parser):
     parser.add_argument("--model", default="dlsn", choices=("dlsn", "bicubic"),
                         help="'bicubic' runs the MATLAB-compatible bicubic baseline (no checkpoint)")
     parser.add_argument("--tile", type=_tile_argument, default="auto", metavar="T",
-                        help="LR tile size: 'auto' (default) runs the whole image when the estimated memory "
-                             "fits (available RAM, or free GPU memory, with a margin) and else the largest "
-                             "tiles that fit; 0 forces the whole image; T runs T x T tiles. GLA's global "
-                             "attention then sees one tile plus its overlap, so tiles change results slightly")
+                        help="LR tile size: 'auto' (default) runs the whole image when it fits the memory budget "
+                             f"and is at most {DEFAULT_MAX_WHOLE} pixels on a side, else the largest tiles of at "
+                             f"most {DEFAULT_MAX_TILE} that fit (what measured fastest: README); 0 forces the whole "
+                             "image; T runs T x T tiles. GLA's global attention then sees one tile plus its "
+                             "overlap, so tiles change results slightly")
     parser.add_argument("--tile-overlap", type=int, default=16, metavar="O",
                         help="LR pixels of context around each tile (default 16)")
     parser.add_argument("--max-memory", default=None, metavar="SIZE",
-                        help="memory budget of --tile auto instead of the available memory, e.g. 2G, 512M")
+                        help="bound on the whole process's memory at its peak, e.g. 2G, 512M: Python, PyTorch, "
+                             "the model, the images and the forward (CPU: resident memory; CUDA: what PyTorch "
+                             "allocates on the device), within about 10%%; --tile auto picks tiles to fit. Default: "
+                             "what the process holds plus half the available memory")
     parser.add_argument("--self-ensemble", action="store_true",
                         help="average over the 8 flips/transposes (DLSN+; 8x slower)")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
@@ -59,8 +65,10 @@ def _tile_argument(text):
 
 def set_memory_budget(args):
     """Parse ``--max-memory`` into ``args.max_memory_bytes`` (None: the available memory), so that a
-    bad size fails before the model is loaded."""
+    bad size fails before the model is loaded, and have freed memory leave the process at once
+    (``unmap_freed_memory``), so that the budget bounds the process's peak."""
     args.max_memory_bytes = None if args.max_memory is None else parse_size(args.max_memory)
+    unmap_freed_memory()
 
 
 def _check_n_hashes(n_hashes, model_name):
@@ -82,50 +90,68 @@ def load_for_inference(model_name, checkpoint, scale, device, n_hashes=None, com
         return BicubicUpscaler(scale)
     if not checkpoint:
         raise ValueError("--checkpoint is required (or use --model bicubic for the baseline)")
-    path = Path(checkpoint)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    if path.suffix.lower() == ".onnx":
-        return load_inference_model(path, scale, device, n_hashes=n_hashes, compile=compile)
-    model = load_model(path, scale=scale, map_location="cpu").to(device).eval()
+    if Path(checkpoint).suffix.lower() == ".onnx":
+        return load_inference_model(Path(checkpoint), scale, device, n_hashes=n_hashes, compile=compile)
+    model = load_model(checkpoint, scale=scale, map_location="cpu").to(device).eval()
     if n_hashes is not None:
         model.set_n_hashes(n_hashes)
     return compile_for_inference(model) if compile else model
 
 
-def _auto_tile(model, height, width, batch, args, device):
-    """The tile size of ``--tile auto`` for a padded ``height x width`` input: None when the whole
-    image fits the memory budget (or nothing is known of the model or the memory); when it
-    tiles, it says so on stderr."""
-    budget = args.max_memory_bytes
-    if budget is None:
-        available = available_memory(device)
-        if available is None:
-            return None
-        budget = int(available * MEMORY_MARGIN)
-    plan = plan_tiles(model, height, width, budget, overlap=args.tile_overlap, batch=batch, device=device,
-                      self_ensemble=args.self_ensemble)
+def _stderr_line(line):
+    print(line, file=sys.stderr, flush=True)
+
+
+def _budget(args, device, held):
+    """Bytes the whole process may hold at its peak: ``--max-memory``, else what it holds now plus
+    ``MEMORY_MARGIN`` of the available memory (unbounded when that is unknown)."""
+    if args.max_memory_bytes is not None:
+        return args.max_memory_bytes
+    available = available_memory(device)
+    return held + int(available * MEMORY_MARGIN) if available is not None else sys.maxsize
+
+
+def _auto_tile(model, height, width, batch, args, device, write):
+    """The tile size of ``--tile auto`` for a padded ``height x width`` input (module ``dlsn.sr.tiling``):
+    None for the whole image (or for a model without a memory estimate); when it tiles, it says so
+    through ``write``."""
+    held = process_memory(device) or 0
+    plan = plan_tiles(model, height, width, _budget(args, device, held), overlap=args.tile_overlap, batch=batch,
+                      device=device, self_ensemble=args.self_ensemble, held=held, max_tile=DEFAULT_MAX_TILE,
+                      max_whole=DEFAULT_MAX_WHOLE)
     if plan is None or plan.tile is None:
         return None
-    print(f"tiling: {width}x{height} LR pixels (with border padding) do not fit the memory budget "
-          f"({format_size(plan.budget)}); running {plan.count} tiles of {plan.tile}x{plan.tile} "
-          f"(+{args.tile_overlap} pixels of overlap, about {format_size(plan.estimate)}). GLA's global attention "
-          "then sees one tile's context plus the overlap, not the whole image (--tile 0 forces the whole "
-          "image, --max-memory sets the budget)", file=sys.stderr)
+    if plan.by_size:
+        why = (f"images larger than {DEFAULT_MAX_WHOLE}x{DEFAULT_MAX_WHOLE} run faster in tiles of at most "
+               f"{DEFAULT_MAX_TILE}, and in less memory (measured; --tile 0 forces the whole image)")
+    else:
+        why = (f"the whole image does not fit the memory budget of {format_size(plan.budget)} for this process "
+               "(--max-memory sets it; --tile 0 forces the whole image)")
+    write(f"tiling: {width}x{height} LR pixels (with border padding) run as {plan.count} tiles of "
+          f"{plan.tile}x{plan.tile} (+{args.tile_overlap} pixels of overlap; about {format_size(plan.estimate)} "
+          f"for the process at its peak): {why}. GLA's global attention then sees one tile's context plus the "
+          "overlap, not the whole image")
     return plan.tile
 
 
-def super_resolve(model, lr, args, device, border_pad, show_progress):
+def super_resolve(model, lr, args, device, border_pad, show_progress, write=_stderr_line):
     """``upscale_tensor`` with the tiles of ``--tile``/``--max-memory`` (``args`` after
-    ``set_memory_budget``) and a progress bar over the tiles when there are several."""
+    ``set_memory_budget``), showing progress over the tiles, or over the model's stages for a whole
+    image, when the run lasts longer than ``PROGRESS_DELAY`` seconds. ``write`` prints a line (pass
+    the ``write`` of a progress bar that is showing, so that the two do not overwrite each other)."""
     height, width = lr.shape[-2] + 2 * border_pad, lr.shape[-1] + 2 * border_pad
     if args.tile == "auto":
-        tile = _auto_tile(model, height, width, lr.shape[0], args, device)
+        tile = _auto_tile(model, height, width, lr.shape[0], args, device, write)
     else:
         tile = args.tile or None  # 0: the whole image
-    tiles = 0 if tile is None else count_tiles(height, width, tile) * (8 if args.self_ensemble else 1)
-    with tqdm(total=tiles, desc="tiles", unit="tile", file=sys.stderr, leave=False,
-              disable=not show_progress or tiles < 2) as bar:
+    passes = 8 if args.self_ensemble else 1
+    stages = forward_stages(model) if tile is None and show_progress else []
+    if tile is None:
+        total, desc, unit = len(stages) * passes, "whole image", "stage"
+    else:
+        total, desc, unit = count_tiles(height, width, tile) * passes, "tiles", "tile"
+    with progress(total=total, desc=desc, unit=unit, leave=False, delay=PROGRESS_DELAY,
+                  disable=not show_progress or total < 2) as bar, counting_calls(stages, bar.update):
         return upscale_tensor(model, lr, args.scale, tile=tile, tile_overlap=args.tile_overlap,
                               self_ensemble=args.self_ensemble, border_pad=border_pad,
                               on_tile=None if tile is None else bar.update)

@@ -26,9 +26,10 @@ def format_duration(seconds) -> str:
 class _PlainProgress:
     """tqdm's interface, as lines: `desc: n/total (p%) elapsed 0:01:02 ETA 0:03:04 key=value`."""
 
-    def __init__(self, total, desc, unit, file, initial, interval, disable):
+    def __init__(self, total, desc, unit, file, initial, interval, disable, delay=0.0):
         self.total, self.desc, self.unit, self.file = total, desc, unit, file
         self.n, self.start_n, self.interval, self.disable = initial, initial, interval, disable
+        self.delay = delay
         self.started = self.last = time.monotonic()
         self.postfix = ""
 
@@ -42,13 +43,13 @@ class _PlainProgress:
     def set_postfix(self, **values):
         self.postfix = " ".join(f"{key}={value}" for key, value in values.items())
 
-    def write(self, line):
-        print(line, file=self.file, flush=True)
+    def write(self, line, file=None):
+        print(line, file=self.file if file is None else file, flush=True)
 
     def _line(self, now):
-        if self.disable:
-            return
         elapsed = now - self.started
+        if self.disable or elapsed < self.delay:
+            return
         done = self.n - self.start_n
         count = f"{self.n}/{self.total} {self.unit}" if self.total else f"{self.n} {self.unit}"
         if self.total:
@@ -72,13 +73,20 @@ class _PlainProgress:
 
 
 def progress(total=None, desc="", unit="it", file=None, initial=0, disable=False, leave=True,
-             interval=PLAIN_INTERVAL):
-    """A progress reporter with tqdm's `update`, `set_postfix`, `write` and `close`: a tqdm bar when
-    `file` (default stderr) is a terminal, else plain lines every `interval` seconds and at the end."""
+             interval=PLAIN_INTERVAL, delay=0.0):
+    """A progress reporter with tqdm's `update`, `set_postfix` and `close`: a tqdm bar when `file`
+    (default stderr) is a terminal, else plain lines every `interval` seconds and at the end.
+
+    `write(line, file=None)` prints a line to `file` (default: the bar's stream) without the bar
+    overwriting it. `delay`: seconds before anything is shown, so work that ends sooner shows none."""
     file = sys.stderr if file is None else file
     if getattr(file, "isatty", lambda: False)():
         from tqdm import tqdm
 
-        return tqdm(total=total, desc=desc, unit=unit, file=file, initial=initial, disable=disable, leave=leave,
-                    dynamic_ncols=True)
-    return _PlainProgress(total, desc, unit, file, initial, interval, disable)
+        bar = tqdm(total=total, desc=desc, unit=unit, file=file, initial=initial, disable=disable, leave=leave,
+                   dynamic_ncols=True, delay=delay)
+        # tqdm.write prints to stdout unless told otherwise; a line belongs beside its bar.
+        stream = file
+        bar.write = lambda line, file=None: tqdm.write(line, file=stream if file is None else file)
+        return bar
+    return _PlainProgress(total, desc, unit, file, initial, interval, disable, delay)

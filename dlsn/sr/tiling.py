@@ -19,12 +19,19 @@ plus the input and the HR output. Checked against the peak resident memory measu
 the README lists measured peaks). Models other than ``dlsn.DLSN`` have no estimate (``None``): they
 run on the whole image unless a tile size is given.
 
-Available memory: on CPU ``MemAvailable`` from ``/proc/meminfo`` (and the cgroup limit, when lower),
-on CUDA the free device memory plus what PyTorch's allocator holds unused; a margin
-(``MEMORY_MARGIN``) is kept free.
+The budget a plan fits (``plan_tiles``) bounds the whole process at its peak: what it holds before
+the run (``process_memory``: Python, PyTorch, the model), the image buffers (``IMAGE_COPIES``) and
+one forward. By default it is what the process holds plus ``MEMORY_MARGIN`` of the available memory:
+on CPU ``MemAvailable`` from ``/proc/meminfo`` (and the cgroup limit, when lower), on CUDA the free
+device memory plus what PyTorch's allocator holds unused. On CPU, ``unmap_freed_memory`` keeps
+freed buffers from piling up between tiles. Besides memory, ``DEFAULT_MAX_WHOLE`` and
+``DEFAULT_MAX_TILE`` keep runs at the sizes measured fastest.
 """
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
 import math
 import os
 import re
@@ -36,11 +43,25 @@ import torch
 
 from ..models import DLSN
 
-__all__ = ["forward_bytes", "available_memory", "parse_size", "format_size", "plan_tiles", "TilePlan",
-           "MIN_TILE", "MEMORY_MARGIN"]
+__all__ = ["forward_bytes", "available_memory", "process_memory", "parse_size", "format_size", "plan_tiles",
+           "TilePlan", "unmap_freed_memory", "MIN_TILE", "MEMORY_MARGIN", "DEFAULT_MAX_TILE", "DEFAULT_MAX_WHOLE",
+           "IMAGE_COPIES"]
 
 MIN_TILE = 16
-MEMORY_MARGIN = 0.75  # use at most this share of the available memory
+MEMORY_MARGIN = 0.5  # by default use at most this share of the available memory: never most of the machine
+# The sizes `dlsn upscale --tile auto` keeps to (LR pixels on a side), from the time against the tile
+# size (`python bench/upscale_tiles.py`: the demo's network; tables in README). The time per pixel
+# a forward computes was flat (39-42 us) for forwards from about 440 to 1100 pixels on a side, and
+# higher for tiles of 384 (1.1x) and 256 (1.25x) and for a whole 1516x1016 image (1.15x); tiles add
+# their overlap on top.
+# So an image runs whole up to DEFAULT_MAX_WHOLE on a side, beyond that in tiles of at most
+# DEFAULT_MAX_TILE, which evened out over such an image are never smaller than 512.
+DEFAULT_MAX_TILE = 768
+DEFAULT_MAX_WHOLE = 1024
+# Image buffers alive during a forward, in float32 copies of the LR and of the HR image: the decoded
+# input, its scaled copy on the device and the border-padded one; the HR output (the tiles' canvas).
+# The self-ensemble adds its running sum.
+IMAGE_COPIES = (3, 1)
 _HASH_BYTES_PER_SCORE = 4 + 1 + 8  # float32 projection, its argmax mask, int64 candidate indices
 
 
@@ -125,6 +146,38 @@ def available_memory(device) -> Optional[int]:
     return None
 
 
+def process_memory(device) -> Optional[int]:
+    """Bytes this process holds now where a run on ``device`` allocates: on CPU its resident memory
+    (``/proc/self/statm``), on CUDA what PyTorch has allocated on the device; ``None`` if unknown."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return int(torch.cuda.memory_allocated(device))
+    try:
+        resident_pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+    return resident_pages * os.sysconf("SC_PAGE_SIZE")
+
+
+_M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter (malloc.h)
+_MMAP_THRESHOLD = 128 * 1024  # glibc's default starting value
+
+
+@functools.lru_cache(maxsize=1)
+def unmap_freed_memory() -> bool:
+    """Make freed buffers leave the process at once (CPU, glibc; once per process): allocations of
+    128 KiB and more are mapped on their own and unmapped when freed, at glibc's starting threshold,
+    which glibc otherwise raises after each large free up to 32 MiB, serving later buffers from a heap
+    that does not shrink. Measured with `dlsn upscale --max-memory`: without this, each tile started
+    higher than the last and the process peaked 1.2x above the budget; with it, within it, at the same
+    CPU time. True when set."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return bool(libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD))
+    except (OSError, AttributeError):  # not glibc
+        return False
+
+
 _UNITS = {"": 1, "b": 1, "k": 2 ** 10, "kb": 10 ** 3, "kib": 2 ** 10, "m": 2 ** 20, "mb": 10 ** 6, "mib": 2 ** 20,
           "g": 2 ** 30, "gb": 10 ** 9, "gib": 2 ** 30, "t": 2 ** 40, "tb": 10 ** 12, "tib": 2 ** 40}
 
@@ -152,26 +205,35 @@ def format_size(n: int) -> str:
 @dataclass
 class TilePlan:
     """``tile``: LR tile size (``None``: whole image); ``count``: tiles per image; ``estimate``: bytes
-    of the planned run; ``budget``: bytes it had to fit in."""
+    of the planned run; ``budget``: bytes it had to fit in; ``by_size``: tiled because of
+    ``max_tile`` or ``max_whole`` although the whole image would fit the budget."""
 
     tile: Optional[int]
     count: int
     estimate: int
     budget: int
+    by_size: bool = False
 
 
 def _run_bytes(model, tile_h, tile_w, height, width, batch, dtype, device, scale, ensemble) -> int:
+    """Bytes a run allocates beyond what the process holds before it: one forward on a
+    `tile_h x tile_w` input, and the image buffers alive meanwhile (`IMAGE_COPIES`)."""
     forward = forward_bytes(model, tile_h, tile_w, batch, dtype, device)
-    # The whole LR input and HR output stay allocated while tiles run; the self-ensemble adds its sum.
-    images = batch * height * width * 3 * (1 + scale * scale * (2 if ensemble else 1)) * 4
+    lr_copies, hr_copies = IMAGE_COPIES
+    images = batch * height * width * 3 * (lr_copies + scale * scale * (hr_copies + (1 if ensemble else 0))) * 4
     return forward + images
 
 
 def plan_tiles(model, height: int, width: int, budget: int, overlap: int = 16, batch: int = 1, dtype=None,
-               device="cpu", self_ensemble: bool = False) -> Optional[TilePlan]:
-    """The whole image when its forward fits in ``budget`` bytes, else the largest square LR tiles
+               device="cpu", self_ensemble: bool = False, held: int = 0,
+               max_tile: Optional[int] = None, max_whole: Optional[int] = None) -> Optional[TilePlan]:
+    """The whole image when its run fits in ``budget`` bytes, else the largest square LR tiles
     (with ``overlap`` pixels of context on each side) that fit, evened out over the image.
 
+    ``held``: bytes the process holds already (interpreter, PyTorch, model: ``process_memory``),
+    counted against ``budget``, so that the budget bounds the whole process. ``max_whole``: the whole
+    image only when neither side exceeds it, else tiles of at most ``max_tile`` (default: ``max_whole``)
+    (``DEFAULT_MAX_WHOLE``, ``DEFAULT_MAX_TILE``: what measured fastest).
     ``None`` when ``model`` has no estimate. Raises ``ValueError`` when not even ``MIN_TILE`` tiles fit.
     """
     if forward_bytes(model, 1, 1, batch, dtype, device) is None:
@@ -179,19 +241,23 @@ def plan_tiles(model, height: int, width: int, budget: int, overlap: int = 16, b
     scale = model.scale
 
     def cost(tile):
-        return _run_bytes(model, min(tile + 2 * overlap, height), min(tile + 2 * overlap, width), height, width,
-                          batch, dtype, device, scale, self_ensemble)
+        return held + _run_bytes(model, min(tile + 2 * overlap, height), min(tile + 2 * overlap, width), height,
+                                 width, batch, dtype, device, scale, self_ensemble)
 
-    whole = _run_bytes(model, height, width, height, width, batch, dtype, device, scale, self_ensemble)
-    if whole <= budget:
+    whole = held + _run_bytes(model, height, width, height, width, batch, dtype, device, scale, self_ensemble)
+    max_tile = max_whole if max_tile is None else max_tile
+    by_size = max_whole is not None and max(height, width) > max_whole
+    if whole <= budget and not by_size:
         return TilePlan(None, 1, whole, budget)
     smallest = cost(MIN_TILE)
     if smallest > budget:
+        already = f"the {format_size(held)} the process holds already (Python, PyTorch, the model) plus " \
+            if held else ""
         raise ValueError(
-            f"a memory budget of {format_size(budget)} is too small: even {MIN_TILE}x{MIN_TILE} tiles "
+            f"a memory budget of {format_size(budget)} is too small: {already}even {MIN_TILE}x{MIN_TILE} tiles "
             f"(+{overlap} pixels of overlap) need about {format_size(smallest)}, the whole "
             f"{width}x{height} image about {format_size(whole)}; allow more with --max-memory")
-    lo, hi = MIN_TILE, max(height, width)
+    lo, hi = MIN_TILE, max(height, width) if max_tile is None else max(MIN_TILE, max_tile)
     while lo < hi:  # largest tile whose cost fits; cost grows with the tile
         mid = (lo + hi + 1) // 2
         if cost(mid) <= budget:
@@ -200,4 +266,4 @@ def plan_tiles(model, height: int, width: int, budget: int, overlap: int = 16, b
             hi = mid - 1
     rows, cols = math.ceil(height / lo), math.ceil(width / lo)
     tile = max(math.ceil(height / rows), math.ceil(width / cols))
-    return TilePlan(tile, rows * cols, cost(tile), budget)
+    return TilePlan(tile, rows * cols, cost(tile), budget, by_size=by_size and whole <= budget)

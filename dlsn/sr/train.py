@@ -50,19 +50,19 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, DistributedSampler
-from tqdm import tqdm
 
 from ..models import build_model, load_state_dict_strict
 from . import checkpoint as ckpt
-from .config import Config, config_to_dict, load_config
+from .config import Config, config_to_dict, load_config, packaged_names
 from .data import PatchPairs, TimedBatches, benchmark_pairs, loader_workers, training_pairs
 from .inference import upscale_tensor
 from .metrics import calc_psnr
-from .progress import format_duration
+from .photos import DEMO_PHOTOGRAPHS, TRAIN_PHOTOS, photograph_pairs
+from .progress import format_duration, progress
 from .utils import TrainingInterrupted, resolve_device
 
-__all__ = ["train", "Trainer", "SampleStream", "validate", "TrainingInterrupted",
-           "add_arguments", "run"]
+__all__ = ["train", "Trainer", "SampleStream", "validate", "TrainingInterrupted", "resolve_resume",
+           "check_fresh_out_dir", "add_arguments", "run"]
 
 # Iterations timed for the start-of-training estimate (after one warm-up iteration).
 ESTIMATE_ITERATIONS = 20
@@ -103,6 +103,11 @@ def _training_pairs(cfg: Config):
     if not cfg.data.train_dir:
         raise ValueError("data.train_dir is not set: give a DIV2K-layout folder, e.g. data.train_dir=/data/DIV2K, "
                          "or a dataset made from one by dlsn prepare")
+    if cfg.data.train_dir == DEMO_PHOTOGRAPHS:  # what `dlsn demo` trains on
+        if cfg.data.degradation != "bi":
+            raise ValueError(f"data.train_dir={DEMO_PHOTOGRAPHS} gives bicubic (BI) pairs only, not "
+                             f"data.degradation={cfg.data.degradation}: give a folder of images as data.train_dir")
+        return photograph_pairs(TRAIN_PHOTOS, cfg.model.scale)
     return training_pairs(cfg.data.train_dir, scale=cfg.model.scale, degradation=cfg.data.degradation,
                           noise_level=cfg.data.noise_level, seed=cfg.train.seed)
 
@@ -150,10 +155,53 @@ def _gather(obj, world):
 
 
 def _latest_checkpoint(out_dir: Path):
+    """The newest `iter_*.pt` under `out_dir/checkpoints`, or None."""
     found = sorted((out_dir / "checkpoints").glob("iter_*.pt"))
-    if not found:
-        raise FileNotFoundError(f"--resume auto: no checkpoint under {out_dir / 'checkpoints'}")
-    return found[-1]
+    return found[-1] if found else None
+
+
+def resolve_resume(resume, out_dir: Path, say=print):
+    """The checkpoint `--resume` names: `"auto"` is the latest in `out_dir`, or None (a fresh run,
+    said through `say` in one line) when there is none yet, so that a job a cluster requeues can
+    pass `--resume auto` every time."""
+    if resume != "auto":
+        return resume
+    latest = _latest_checkpoint(out_dir)
+    if latest is None:
+        say(f"--resume auto: no checkpoint in {out_dir / 'checkpoints'} yet: starting a fresh run")
+    return latest
+
+
+# What a run (or `dlsn demo`, which trains one) leaves in log.out_dir besides its checkpoints:
+# a fresh run refuses to overwrite them unless told to (`dlsn train --overwrite`).
+RUN_OUTPUTS = ("model.pt", "best.pt", "results.json", "side_by_side.png", "log.csv", "train.log")
+
+
+def _previous_outputs(out_dir: Path):
+    found = [out_dir / name for name in RUN_OUTPUTS if (out_dir / name).is_file()]
+    return found + sorted((out_dir / "checkpoints").glob("iter_*.pt"))
+
+
+def check_fresh_out_dir(out_dir: Path, overwrite=False, say=print):
+    """Before a fresh run into `out_dir`: a `ValueError` (one line) when it holds the weights or
+    checkpoints of another run or of `dlsn demo`. With `overwrite`, that run's files (`RUN_OUTPUTS`
+    and checkpoints) are removed instead, so that no stale checkpoint is resumed or kept later.
+    Logs alone (a run stopped before its first checkpoint) are appended to, as a resumed run does."""
+    found = _previous_outputs(out_dir)
+    if not overwrite:
+        if any(path.name not in ("log.csv", "train.log") for path in found):
+            demo = (out_dir / "results.json").is_file()
+            names = ", ".join(str(p.relative_to(out_dir)) for p in found[:4]) + (", ..." if len(found) > 4 else "")
+            remedy = "another folder (log.out_dir=DIR)" if demo else \
+                "another folder (log.out_dir=DIR), --resume auto to continue that run,"
+            raise ValueError(f"log.out_dir {out_dir} holds the outputs of {'dlsn demo' if demo else 'another run'} "
+                             f"({names}), which a fresh run would overwrite: give {remedy} or --overwrite to "
+                             "replace them")
+        return
+    for path in found:
+        path.unlink(missing_ok=True)
+    if found:
+        say(f"--overwrite: removed {len(found)} file(s) of the previous run in {out_dir}")
 
 
 @contextlib.contextmanager
@@ -233,8 +281,9 @@ class _RunReport:
         self.scalars = _ScalarLog(out_dir, cfg.log.tensorboard)
         self.bar = None
         if cfg.log.progress and not quiet:
-            self.bar = tqdm(total=end, initial=start, desc="train", dynamic_ncols=True, unit="it")
-        self.text = _TextLog(out_dir, echo=not quiet, writer=print if self.bar is None else self.bar.write)
+            self.bar = progress(total=end, initial=start, desc="train", unit="it")
+        self.text = _TextLog(out_dir, echo=not quiet, writer=print if self.bar is None else
+                             lambda line: self.bar.write(line, file=sys.stdout))
         self.print_progress = self.bar is None and not quiet
         self.timed_from = None  # (iteration, time) after the warm-up iteration
         self.started = time.time()
@@ -343,6 +392,8 @@ class Trainer:
         weights, EMA, optimizer, schedule, scaler, position in the sample stream, best record and,
         when as many processes wrote it, the RNG streams."""
         path = _latest_checkpoint(self.out_dir) if checkpoint == "auto" else Path(checkpoint)
+        if path is None:
+            raise FileNotFoundError(f"--resume auto: no checkpoint under {self.out_dir / 'checkpoints'}")
         state = ckpt.read_checkpoint(path)
         if not isinstance(state, dict) or state.get("format") != ckpt.TRAIN_FORMAT:
             raise ckpt.CheckpointError(f"--resume {path}: not a dlsn training checkpoint (use train.pretrained "
@@ -356,6 +407,9 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         self.iteration, self.consumed = state["iteration"], state["consumed"]
+        if self.iteration > self.cfg.train.iterations:
+            raise ckpt.CheckpointError(f"--resume {path}: the checkpoint is at iteration {self.iteration}, past "
+                                       f"train.iterations={self.cfg.train.iterations}")
         self.best = state.get("best", self.best)
         rng = state["rng"]
         if len(rng) == self.world:
@@ -516,13 +570,15 @@ def train(cfg: Config, resume=None, pairs=None, val_pairs=None, stop_at=None, st
 
     pairs: a dataset of full `(lr, hr)` pairs in [0, 1] (default: `data.train_dir`).
     val_pairs: pairs for validation (default: `data.val_dir` when set).
-    resume: a training checkpoint path, or "auto" for the latest one in `log.out_dir`.
+    resume: a training checkpoint path, or "auto" for the latest one in `log.out_dir` (a fresh run,
+        said in one line, when there is none yet).
     stop_at: stop after this iteration (checkpointing it) although the schedule runs to
         `train.iterations`, e.g. to split a run in two.
     step_callback: called as `step_callback(iteration)` after each finished step (tests, hooks).
     quiet: print nothing (train.log and log.csv are written all the same).
     """
     trainer = Trainer(cfg, quiet=quiet)
+    resume = resolve_resume(resume, trainer.out_dir, say=print if trainer.main and not quiet else lambda line: None)
     trainer.set_up(pretrained=resume is None)
     if resume is not None:
         trainer.resume(resume)
@@ -534,9 +590,13 @@ def train(cfg: Config, resume=None, pairs=None, val_pairs=None, stop_at=None, st
 def add_arguments(parser):
     """Arguments of ``dlsn train``."""
     parser.add_argument("--config", required=True,
-                        help="YAML config file, or the name of a packaged one: dlsn_x2, dlsn_x3, dlsn_x4, demo")
+                        help="YAML config file, or the name of a packaged one: " + ", ".join(packaged_names()))
     parser.add_argument("--resume", default=None, metavar="CKPT",
-                        help="continue from a training checkpoint, or 'auto' for the latest in log.out_dir")
+                        help="continue from a training checkpoint, or 'auto' for the latest in log.out_dir "
+                             "(a fresh run when there is none yet, so a requeued job can always pass it)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start afresh even if log.out_dir holds another run's (or dlsn demo's) weights and "
+                             "checkpoints: they are deleted first (without it, that is an error)")
     parser.add_argument("overrides", nargs="*", metavar="section.key=value",
                         help="config overrides, e.g. train.lr=2e-4 data.train_dir=/data/DIV2K")
 
@@ -544,6 +604,11 @@ def add_arguments(parser):
 def run(args) -> int:
     """``dlsn train``: trains per the config; returns the exit status."""
     cfg = load_config(args.config, args.overrides)
-    result = train(cfg, resume=args.resume)
+    main_process = int(os.environ.get("RANK", "0")) == 0
+    say = print if main_process else (lambda line: None)
+    resume = resolve_resume(args.resume, Path(cfg.log.out_dir), say)
+    if resume is None and main_process:
+        check_fresh_out_dir(Path(cfg.log.out_dir), overwrite=args.overwrite, say=say)
+    result = train(cfg, resume=resume)
     print(f"finished at iteration {result['iteration']}; outputs in {result['out_dir']}")
     return 0

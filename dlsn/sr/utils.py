@@ -1,6 +1,6 @@
 """Helpers the training loop and the inference commands share: device choice, atomic file writes,
-one-line descriptions of file-system errors, and the exception by which an interrupted training
-run reaches the command line."""
+one-line descriptions of file-system errors, the exception by which an interrupted training run
+reaches the command line, and the font of captions on the images the commands draw."""
 from __future__ import annotations
 
 import errno
@@ -11,7 +11,8 @@ from typing import BinaryIO, Callable
 
 import torch
 
-__all__ = ["resolve_device", "atomic_write", "WriteError", "os_error_reason", "make_parent", "TrainingInterrupted"]
+__all__ = ["resolve_device", "atomic_write", "WriteError", "os_error_reason", "make_parent", "TrainingInterrupted",
+           "label_font"]
 
 
 class TrainingInterrupted(RuntimeError):
@@ -91,3 +92,14 @@ def atomic_write(path, write: Callable[[BinaryIO], None]) -> Path:
     except OSError:
         pass
     return path
+
+
+def label_font(size: int = 14):
+    """Pillow's bundled font at `size` pixels, for captions drawn on output images (its small bitmap
+    font where Pillow is older than 10.1 or built without FreeType)."""
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size)
+    except (TypeError, OSError):
+        return ImageFont.load_default()
