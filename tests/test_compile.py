@@ -97,15 +97,18 @@ def test_inductor_gla_matches_eager(backend, training):
 
 
 def test_eval_rotations_op_is_todays_seeded_draw():
-    """The op behind eval-mode rotations draws exactly what a CPU generator seeded with the layer's
-    seed gives, on every call, and hands out copies (compiled code may write into its outputs)."""
+    """Eval-mode rotations, eager and through the op that compiled code calls, are exactly what a CPU
+    generator seeded with the layer's seed gives, on every call; the op hands out copies (compiled
+    code may write into its outputs)."""
     gla = dlsn.GLA(16, reduction=4, **GLA_OPTIONS).eval()
     gla.eval_seed = 7
     for length in (5, 99, 1000):
-        expected = dlsn.sblsh_rotations(4, gla.n_buckets(length), 2, generator=torch.Generator().manual_seed(7))
-        first, second = gla.rotations_for(length, "cpu"), gla.rotations_for(length, "cpu")
+        buckets = gla.n_buckets(length)
+        expected = dlsn.sblsh_rotations(4, buckets, 2, generator=torch.Generator().manual_seed(7))
+        first, second = (torch.ops.dlsn.eval_rotations(4, buckets, 2, 7, torch.device("cpu")) for _ in range(2))
         assert torch.equal(first, expected) and torch.equal(second, expected)
         assert first.data_ptr() != second.data_ptr()
+        assert torch.equal(gla.rotations_for(length, "cpu"), expected)
 
 
 def test_compiled_fused_gla_follows_the_matmul_precision_of_each_call(monkeypatch):

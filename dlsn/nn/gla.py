@@ -6,7 +6,7 @@ from torch import nn
 
 from .. import ops
 from ..ops import checks
-from ..ops.rotations import eval_rotation_table, eval_rotations, select_rotations
+from ..ops.rotations import eval_draw, eval_rotation_table, eval_rotations, select_rotations
 from .hashing import n_buckets, sblsh_rotations
 
 SIMILARITIES = ("both", "dot", "learned")
@@ -107,10 +107,11 @@ class GLA(nn.Module):
     def rotations_for(self, length, device):
         """The rotations this module uses for `length = H*W` positions in its current mode.
 
-        Eval mode: the op `dlsn::eval_rotations` (drawn once per bucket count from a CPU generator
-        seeded with `eval_seed`, cached), or within `export_mode` the same numbers taken out of the
-        layer's constant table, NaN-padded to `max_buckets` columns (`select_rotations`: the same
-        codes), so a symbolic `length` works.
+        Eval mode: drawn once per bucket count from a CPU generator seeded with `eval_seed` and
+        cached (`eval_draw`; under torch.compile through the op `dlsn::eval_rotations`, which gives
+        the same numbers), or within `export_mode` the same numbers taken out of the layer's
+        constant table, NaN-padded to `max_buckets` columns (`select_rotations`: the same codes), so
+        a symbolic `length` works.
         """
         buckets = self.n_buckets(length)
         match_channels = self.channels // self.reduction
@@ -118,7 +119,12 @@ class GLA(nn.Module):
             return sblsh_rotations(match_channels, buckets, self.n_hashes, device=device)
         if self.rotation_table is not None:
             return select_rotations(self.rotation_table, buckets, self.max_buckets)
-        return eval_rotations(match_channels, buckets, self.n_hashes, self.eval_seed, torch.device(device))
+        if torch.compiler.is_compiling():
+            # Dynamo cannot trace the seeded torch.Generator: the opaque op draws when the code runs.
+            return eval_rotations(match_channels, buckets, self.n_hashes, self.eval_seed, torch.device(device))
+        # Eager code takes the cached draw directly: a custom op's first call imports the compiler
+        # stack (~900 modules, +150 MB resident), which `dlsn upscale --max-memory` would pay for.
+        return eval_draw(match_channels, buckets, self.n_hashes, self.eval_seed, torch.device(device))
 
     def kernel_precision(self):
         """The float32 dot mode the fused kernels get now: "ieee", "tf32" or "tf32x3"."""

@@ -17,8 +17,8 @@ generator seeded with the layer's seed and cached:
 """
 import torch
 
-__all__ = ["n_buckets", "sblsh_rotations", "eval_rotation_table", "reachable_buckets", "select_rotations",
-           "table_offset"]
+__all__ = ["n_buckets", "sblsh_rotations", "eval_draw", "eval_rotations", "eval_rotation_table", "reachable_buckets",
+           "select_rotations", "table_offset"]
 
 
 def n_buckets(length, chunk_size: int, max_buckets: int = 128):
@@ -62,7 +62,8 @@ def sblsh_rotations(dim, n_buckets, n_hashes, generator=None, device=None, dtype
 _EVAL_DRAWS = {}
 
 
-def _eval_draw(dim, buckets, n_hashes, seed, device):
+def eval_draw(dim, buckets, n_hashes, seed, device):
+    """The cached eval-mode rotations themselves (eager code: no op dispatch)."""
     key = (dim, buckets, n_hashes, seed, str(device))
     if key not in _EVAL_DRAWS:
         generator = torch.Generator().manual_seed(seed)
@@ -75,7 +76,7 @@ def eval_rotations(dim: int, n_buckets: int, n_hashes: int, seed: int, device: t
     """The eval-mode rotations `[n_hashes, dim, n_buckets]` float32 on `device`: drawn once from a CPU
     generator seeded with `seed` (then cached), so every device gets the same numbers."""
     # A copy: an op's output must not alias state that outlives the call (compiled code may reuse it).
-    return _eval_draw(dim, n_buckets, n_hashes, seed, device).clone()
+    return eval_draw(dim, n_buckets, n_hashes, seed, device).clone()
 
 
 @eval_rotations.register_fake
@@ -101,7 +102,7 @@ def eval_rotation_table(dim, n_hashes, max_buckets, seed, device):
     """`[n_hashes, dim, T]` float32: the eval rotations of every reachable bucket count side by side
     (`T = sum(reachable_buckets(max_buckets))`, 4161 for 128). Costs `4 T h c` bytes: 3.2 MB for
     the published layer (c = 64, h = 3), per layer and device."""
-    blocks = [_eval_draw(dim, b, n_hashes, seed, device) for b in reachable_buckets(max_buckets)]
+    blocks = [eval_draw(dim, b, n_hashes, seed, device) for b in reachable_buckets(max_buckets)]
     return torch.cat(blocks, dim=2)
 
 
