@@ -4,7 +4,10 @@ benchmark, as markdown and CSV (``dlsn eval --table``)."""
 from __future__ import annotations
 
 import csv
+import io
 from pathlib import Path
+
+from .utils import atomic_write
 
 __all__ = ["PAPER_BENCHMARKS", "results_row", "markdown_table", "write_results_table"]
 
@@ -67,16 +70,13 @@ def write_results_table(path, method, scale, degradation, means):
     names = {key[: -len(" PSNR")] for r in rows for key in r if key.endswith(" PSNR") and r[key]}
     benchmarks = _ordered_benchmarks(sorted(names))
     fields = [*_FIXED_COLUMNS] + [f"{b} {m}" for b in benchmarks for m in ("PSNR", "SSIM")]
-    csv_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = csv_path.with_name(f".{csv_path.name}.tmp")
-    with open(tmp, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=fields, restval="")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: row.get(k, "") for k in fields})
-    tmp.replace(csv_path)
-    md_tmp = md_path.with_name(f".{md_path.name}.tmp")
-    md_tmp.write_text("PSNR (dB) / SSIM on the Y channel, borders of `scale` pixels shaved.\n\n"
-                      + markdown_table(rows, benchmarks) + "\n")
-    md_tmp.replace(md_path)
+    table = io.StringIO(newline="")
+    writer = csv.DictWriter(table, fieldnames=fields, restval="")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: row.get(k, "") for k in fields})
+    atomic_write(csv_path, lambda handle: handle.write(table.getvalue().encode()))
+    markdown = ("PSNR (dB) / SSIM on the Y channel, borders of `scale` pixels shaved.\n\n"
+                + markdown_table(rows, benchmarks) + "\n")
+    atomic_write(md_path, lambda handle: handle.write(markdown.encode()))
     return [md_path, csv_path]
