@@ -49,7 +49,7 @@ from .prepared import PreparedPairs, is_prepared
 
 __all__ = ["PairFolder", "TrainPairs", "BenchmarkPairs", "ImagePairs", "PatchPairs", "benchmark_pairs",
            "list_images", "find_hr_dir", "find_lr_dir", "load_pair", "training_pairs", "parse_num_workers",
-           "loader_workers", "TimedBatches", "AUTO_WORKERS_CAP"]
+           "loader_workers", "usable_cpus", "TimedBatches", "AUTO_WORKERS_CAP"]
 
 # Most DataLoader workers "auto" starts per training process: a prepared dataset needs a fraction
 # of one core for hundreds of patches per second, images degraded on the fly many cores (README).
@@ -381,6 +381,11 @@ def parse_num_workers(value, option: str = "data.num_workers") -> Union[int, str
     return int(text)
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on (``os.sched_getaffinity``; the CPU count where that is unknown)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def loader_workers(setting, world_size: int = 1) -> int:
     """DataLoader workers per training process for ``data.num_workers``: a number as given; "auto"
     is the CPUs this process may run on (``os.sched_getaffinity``), shared between the
@@ -389,8 +394,7 @@ def loader_workers(setting, world_size: int = 1) -> int:
     setting = parse_num_workers(setting)
     if setting != "auto":
         return setting
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(0, min(AUTO_WORKERS_CAP, cpus // max(1, world_size) - 1))
+    return max(0, min(AUTO_WORKERS_CAP, usable_cpus() // max(1, world_size) - 1))
 
 
 def _worker_error(exc: Exception) -> Optional[Exception]:

@@ -40,7 +40,7 @@ from pathlib import Path
 
 import torch
 
-from .data import PairFolder, load_pair, parse_num_workers
+from .data import PairFolder, load_pair, parse_num_workers, usable_cpus
 from .degradations import BD_KERNEL_SIZE, BD_SIGMA
 from .prepared import (DATA_FILES, FORMAT, HEADER_BYTES, MANIFEST, PREPARED_DEGRADATIONS, VERSION, WORK_DIR,
                        PreparedDatasetError, PreparedPairs, file_header, read_manifest)
@@ -280,7 +280,7 @@ def _finish(out: Path, plan: dict, done: dict, failed: list) -> dict:
 def _workers(setting, n_tasks: int) -> int:
     setting = parse_num_workers(setting, "--workers")
     if setting == "auto":
-        setting = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        setting = usable_cpus()
     return max(0, min(setting, n_tasks))
 
 
