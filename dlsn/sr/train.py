@@ -388,12 +388,10 @@ class Trainer:
         self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(t.amp)
 
     def resume(self, checkpoint):
-        """Continue the run saved in `checkpoint` (a path, or "auto": the latest in `log.out_dir`):
-        weights, EMA, optimizer, schedule, scaler, position in the sample stream, best record and,
-        when as many processes wrote it, the RNG streams."""
-        path = _latest_checkpoint(self.out_dir) if checkpoint == "auto" else Path(checkpoint)
-        if path is None:
-            raise FileNotFoundError(f"--resume auto: no checkpoint under {self.out_dir / 'checkpoints'}")
+        """Continue the run saved in the training checkpoint at `checkpoint` (`resolve_resume` turns
+        `--resume auto` into one): weights, EMA, optimizer, schedule, scaler, position in the sample
+        stream, best record and, when as many processes wrote it, the RNG streams."""
+        path = Path(checkpoint)
         state = ckpt.read_checkpoint(path)
         if not isinstance(state, dict) or state.get("format") != ckpt.TRAIN_FORMAT:
             raise ckpt.CheckpointError(f"--resume {path}: not a dlsn training checkpoint (use train.pretrained "
