@@ -147,8 +147,8 @@ def _check_perm(perm, q, chunk_size):
 
 
 def _check_attention_inputs(q, v, learned, x, chunk_size, res_scale, precision):
-    """Everything the attention op takes besides the slots; returns the device."""
-    device = _check_embeddings(q, v, learned, chunk_size)
+    """Everything the attention op takes besides the slots."""
+    _check_embeddings(q, v, learned, chunk_size)
     check_fp32_precision("precision", precision, allow_none=True)
     _check_tensor("x", x, 4, FLOAT_DTYPES)
     _check_device([("q", q), ("x", x)])
@@ -158,7 +158,6 @@ def _check_attention_inputs(q, v, learned, x, chunk_size, res_scale, precision):
                          f"H*W = {length} (from v [N, L, C]), got {list(x.shape)}")
     if isinstance(res_scale, bool) or not isinstance(res_scale, (int, float)):
         raise TypeError(f"res_scale must be a Python float, got {type(res_scale).__name__}")
-    return device
 
 
 def _launch_device(device):
