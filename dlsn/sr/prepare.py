@@ -301,6 +301,13 @@ def _tasks(plan: dict, pairs: PairFolder, out: Path, done: dict):
             for i, image in enumerate(plan["images"]) if i not in done]
 
 
+def _summary(out: Path, manifest: dict, started: float, up_to_date: bool) -> dict:
+    """What `prepare_dataset` returns for the dataset of ``manifest`` in ``out``."""
+    return {"out": out, "images": len(manifest["images"]), "skipped": manifest["skipped"],
+            "bytes": sum(f["bytes"] for f in manifest["files"].values()), "seconds": time.time() - started,
+            "up_to_date": up_to_date}
+
+
 def prepare_dataset(source, out, scale: int, degradation: str = "bi", workers="auto", use_premade: bool = True,
                     max_images: int = 0, show_progress: bool = True, log=None) -> dict:
     """Prepare the HR images of ``source`` for training at ``scale`` with ``degradation`` in ``out``.
@@ -331,9 +338,7 @@ def prepare_dataset(source, out, scale: int, degradation: str = "bi", workers="a
     state, existing = _existing(out, plan)
     if state == "done":
         PreparedPairs(out, scale, degradation, verify=True)
-        return {"out": out, "images": len(existing["images"]), "skipped": existing["skipped"],
-                "bytes": sum(f["bytes"] for f in existing["files"].values()), "seconds": time.time() - started,
-                "up_to_date": True}
+        return _summary(out, existing, started, up_to_date=True)
     if state == "new":
         _create(out, plan)
     else:
@@ -362,10 +367,7 @@ def prepare_dataset(source, out, scale: int, degradation: str = "bi", workers="a
         finally:
             bar.close()
     _say_once({"skipped": failed}, quantised, log)
-    manifest = _finish(out, plan, done, failed)
-    return {"out": out, "images": len(manifest["images"]), "skipped": manifest["skipped"],
-            "bytes": sum(f["bytes"] for f in manifest["files"].values()), "seconds": time.time() - started,
-            "up_to_date": False}
+    return _summary(out, _finish(out, plan, done, failed), started, up_to_date=False)
 
 
 def add_arguments(parser):
