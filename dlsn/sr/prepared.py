@@ -78,7 +78,7 @@ def is_prepared(root) -> bool:
     return (root / MANIFEST).is_file() or (root / WORK_DIR).is_dir()
 
 
-def _again(manifest: dict, root: Path) -> str:
+def _again(manifest: dict) -> str:
     source = manifest.get("source", {}).get("folder", "SOURCE")
     return f"prepare it again: dlsn prepare {source} -o NEW_FOLDER --scale {manifest.get('scale', 'S')}"
 
@@ -112,7 +112,7 @@ def read_manifest(root) -> dict:
                                    "remove it or use another folder")
     if manifest.get("version") != VERSION:
         raise PreparedDatasetError(f"{root}: prepared by a dlsn with format version {manifest.get('version')}, this "
-                                   f"one reads version {VERSION}; {_again(manifest, root)}")
+                                   f"one reads version {VERSION}; {_again(manifest)}")
     return manifest
 
 
@@ -136,16 +136,16 @@ def _check_files(manifest: dict, root: Path) -> None:
         path = root / name
         expected = HEADER_BYTES + manifest["files"][kind]["bytes"]
         if not path.is_file():
-            raise PreparedDatasetError(f"{path}: missing; {_again(manifest, root)}")
+            raise PreparedDatasetError(f"{path}: missing; {_again(manifest)}")
         size = path.stat().st_size
         if size != expected:
             raise PreparedDatasetError(f"{path}: {size} bytes where the manifest expects {expected} (truncated or "
-                                       f"replaced); {_again(manifest, root)}")
+                                       f"replaced); {_again(manifest)}")
         with open(path, "rb") as handle:
             header = handle.read(HEADER_BYTES)
         if header != file_header(kind, manifest["token"]):
             raise PreparedDatasetError(f"{path}: belongs to another preparation than {root / MANIFEST} "
-                                       f"(stale or foreign file); {_again(manifest, root)}")
+                                       f"(stale or foreign file); {_again(manifest)}")
 
 
 def _to_float(pixels: np.ndarray) -> torch.Tensor:
@@ -240,4 +240,4 @@ class PreparedPairs(Dataset):
                 if zlib.crc32(self._pixels(kind, index)) != image[f"{kind}_crc32"]:
                     raise PreparedDatasetError(
                         f"{self.root / DATA_FILES[kind]}: the pixels of {image['name']} do not match their "
-                        f"checksum (damaged file); {_again(self.manifest, self.root)}")
+                        f"checksum (damaged file); {_again(self.manifest)}")
